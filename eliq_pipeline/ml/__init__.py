@@ -1,0 +1,1 @@
+"""Pure Python + torch implementation of ELIQ. Nothing in this package imports Dagster."""
