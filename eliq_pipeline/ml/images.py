@@ -1,0 +1,54 @@
+"""Image helpers shared by generation, degradation, embedding and benchmarking."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+from PIL import Image
+
+# Refuse absurd images early (decompression bombs); 64 MP covers every benchmark we read.
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Normalise any mode (palette, alpha, CMYK, 16-bit, greyscale) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return image.point(lambda v: v / 256).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Lossless, deterministic encoding used for every stored image."""
+    buffer = io.BytesIO()
+    to_rgb(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
+    """Decode fully (not lazily) so truncated files fail here, naming the file."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # PIL raises many types; callers need one clear message
+        raise ValueError(f"cannot decode image {name}: {exc}") from exc
+    return to_rgb(image)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    return decode_image(path.read_bytes(), name=str(path))
