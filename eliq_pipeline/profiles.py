@@ -1,0 +1,70 @@
+"""Model profiles: `tiny` (toy-sized real architectures, CPU, offline) and `production` (the paper's models).
+
+Both profiles run the same code; a profile only changes sizes, model references and budgets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+TINY_BACKBONE = "tiny:qwen3-vl"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    backbone: str  # hub id, local path, or "tiny:qwen3-vl" (built from a config in code)
+    n_prompts: int
+    prompt_seed: int
+    image_height: int
+    image_width: int
+    generation_steps: int
+    heldout_fraction: float
+    tuples_per_positive: int  # one tuple per technical-negative method, cycling aesthetic negatives
+    sft: dict[str, Any] = field(default_factory=dict)
+    scorer: dict[str, Any] = field(default_factory=dict)
+    embed_batch_size: int = 16
+    generation_batch_size: int = 1
+
+
+TINY = Profile(
+    name="tiny",
+    backbone=TINY_BACKBONE,
+    n_prompts=32,
+    prompt_seed=0,
+    image_height=64,
+    image_width=64,
+    generation_steps=6,
+    heldout_fraction=0.25,
+    tuples_per_positive=2,
+    sft={},
+    scorer={},
+    embed_batch_size=16,
+)
+
+PRODUCTION = Profile(
+    name="production",
+    backbone="Qwen/Qwen3-VL-8B-Instruct",
+    n_prompts=400,
+    prompt_seed=0,
+    image_height=1024,
+    image_width=1024,
+    generation_steps=28,
+    heldout_fraction=0.1,
+    tuples_per_positive=2,
+    sft={},
+    scorer={},
+    embed_batch_size=8,
+    generation_batch_size=4,
+)
+
+PROFILES = {profile.name: profile for profile in (TINY, PRODUCTION)}
+
+
+def get_profile(name: str | None = None, **overrides: Any) -> Profile:
+    name = name or os.environ.get("ELIQ_PROFILE", "tiny")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (ELIQ_PROFILE); known: {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]

@@ -1,0 +1,34 @@
+"""Artifact store resource: local directory (default) or S3 through dagster-aws's S3Resource."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from eliq_pipeline.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where images, checkpoints, embedding shards and tables are written."""
+
+    backend: str = "local"  # "local" or "s3"
+    root: str = ".eliq/artifacts"  # local backend root; also the local cache for S3 downloads
+    bucket: str = ""
+    prefix: str = "eliq"
+    s3: S3Resource = S3Resource()
+
+    def store(self) -> ArtifactStore:
+        if self.backend == "local":
+            return LocalArtifactStore(self.root)
+        if self.backend == "s3":
+            if not self.bucket:
+                raise ValueError("artifact store backend 's3' needs a bucket (ELIQ_S3_BUCKET)")
+            return S3ArtifactStore(
+                bucket=self.bucket,
+                prefix=self.prefix,
+                cache_dir=Path(self.root) / ".s3-cache",
+                client=self.s3.get_client(),
+            )
+        raise ValueError(f"unknown artifact store backend {self.backend!r}; use 'local' or 's3'")

@@ -1,0 +1,59 @@
+"""DuckDB warehouse holding the score history across eras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import dagster as dg
+import duckdb
+
+SCORES_COLUMNS = (
+    "era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash", "recorded_at",
+)
+
+_SCORES_DDL = """
+CREATE TABLE IF NOT EXISTS scores (
+    era VARCHAR, benchmark VARCHAR, protocol VARCHAR, aspect VARCHAR, metric VARCHAR,
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n BIGINT, bundle_hash VARCHAR,
+    recorded_at TIMESTAMP DEFAULT current_timestamp
+)
+"""
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    path: str = ".eliq/warehouse.duckdb"
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        connection = duckdb.connect(self.path)
+        connection.execute(_SCORES_DDL)
+        return connection
+
+    def replace_scores(self, era: str, bundle_hash: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Replace this era's rows in one transaction, so a re-run never leaves duplicates."""
+        rows = list(rows)
+        with self.connect() as connection:
+            connection.execute("BEGIN")
+            connection.execute("DELETE FROM scores WHERE era = ?", [era])
+            connection.executemany(
+                "INSERT INTO scores (era, benchmark, protocol, aspect, metric, value, ci_low, ci_high, n, bundle_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [era, r["benchmark"], r["protocol"], r["aspect"], r["metric"], float(r["value"]),
+                     r.get("ci_low"), r.get("ci_high"), int(r["n"]), bundle_hash]
+                    for r in rows
+                ],
+            )
+            connection.execute("COMMIT")
+        return len(rows)
+
+    def scores(self, era: str | None = None) -> list[dict[str, Any]]:
+        with self.connect() as connection:
+            query = "SELECT * FROM scores" + (" WHERE era = ?" if era else "") + " ORDER BY era, benchmark, protocol, aspect, metric"
+            cursor = connection.execute(query, [era] if era else [])
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+

@@ -1,0 +1,241 @@
+"""Artifact stores: a local directory or an S3 bucket, with the same atomic semantics.
+
+Keys are '/'-separated relative paths. A write is never visible half-done: the local backend
+writes a temp file and renames it; S3 PUTs are atomic per object, and directory artifacts
+(models) publish a `_COMPLETE` marker last, which readers require.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COMPLETE_MARKER = "_COMPLETE"
+
+
+class ArtifactStore(ABC):
+    """Bytes by key, plus helpers for parquet tables and model directories."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    @abstractmethod
+    def describe(self, key: str) -> str:
+        """A human-readable location (path or s3:// URL) for metadata."""
+
+    # Local working copies for libraries that need paths (from_pretrained, safetensors).
+    cache_dir: Path
+
+    def put_table(self, key: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.put_bytes(key, buffer.getvalue())
+
+    def get_table(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.get_bytes(key)))
+
+    def put_dir(self, local_dir: Path, key: str) -> None:
+        """Upload every file of `local_dir`, then the completion marker."""
+        self.delete_prefix(key.rstrip("/") + "/")
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(local_dir).as_posix()
+                self.put_bytes(f"{key}/{rel}", path.read_bytes())
+        self.put_bytes(f"{key}/{COMPLETE_MARKER}", uuid.uuid4().hex.encode())
+
+    def dir_exists(self, key: str) -> bool:
+        return self.exists(f"{key}/{COMPLETE_MARKER}")
+
+    def get_dir(self, key: str) -> Path:
+        """A local directory holding the artifact (the store itself for the local backend)."""
+        if not self.dir_exists(key):
+            raise FileNotFoundError(f"artifact directory {self.describe(key)} is missing or incomplete")
+        target = self.cache_dir / "dirs" / key
+        marker = target / COMPLETE_MARKER
+        # The marker holds a fresh id per upload, so a re-materialized artifact invalidates the copy.
+        if marker.exists() and marker.read_bytes() == self.get_bytes(f"{key}/{COMPLETE_MARKER}"):
+            return target
+        staging = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging")))
+        prefix = key.rstrip("/") + "/"
+        for full in self.list_keys(prefix):
+            rel = full[len(prefix):]
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(self.get_bytes(full))
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        return target
+
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class LocalArtifactStore(ArtifactStore):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = self.root / ".cache"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"artifact key {key!r} escapes the store root {self.root}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"artifact {self._path(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return []
+        keys = []
+        for path in start.rglob("*"):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                rel = path.relative_to(self.root).as_posix()
+                if rel.startswith(prefix):
+                    keys.append(rel)
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix.rstrip("/"))
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+
+    def put_dir(self, local_dir: Path, key: str) -> None:
+        # Local backend: copy into a staging dir inside the store, then one atomic rename.
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        try:
+            shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+            (staging / COMPLETE_MARKER).write_bytes(uuid.uuid4().hex.encode())
+            if target.exists():
+                old = target.with_name(f".{target.name}.old.tmp")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def get_dir(self, key: str) -> Path:
+        if not self.dir_exists(key):
+            raise FileNotFoundError(f"artifact directory {self._path(key)} is missing or incomplete")
+        return self._path(key)
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3ArtifactStore(ArtifactStore):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        cache_dir: str | Path = ".eliq/s3-cache",
+        client=None,
+    ) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region_name or None)
+        self.cache_dir = Path(cache_dir).resolve() / bucket / (self.prefix or "_root")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"artifact {self.describe(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self._iter_keys(prefix))
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list_keys(prefix)
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
