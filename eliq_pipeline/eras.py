@@ -84,8 +84,8 @@ def _fail(path: Path, where: str, message: str) -> ErasFileError:
 
 
 def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind is int:
-        raise _fail(path, where, f"{what} must be an integer, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _fail(path, where, f"{what} must be an integer, got {type(value).__name__} {value!r}")
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise _fail(path, where, f"{what} must be {names}, got {type(value).__name__} {value!r}")
