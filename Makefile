@@ -1,0 +1,38 @@
+# eliq-pipeline: `make demo` and `make test` are all a new user needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU wheel from local disk here; on a GPU machine pass e.g. TORCH_SPEC="torch" to get the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+ELIQ_HOME ?= $(CURDIR)/.eliq
+DAGSTER_HOME := $(ELIQ_HOME)/dagster
+export ELIQ_HOME
+
+.PHONY: setup demo test ui clean
+
+setup: $(VENV)/.installed
+
+# torch first, so installing the package never pulls a CUDA build of it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: setup $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/eliq materialize
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(ELIQ_HOME)

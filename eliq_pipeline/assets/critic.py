@@ -1,0 +1,140 @@
+"""Critic assets (paper 3.3): tuned_mllm, aspect_embeddings, qqt_model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import dagster as dg
+
+from eliq_pipeline.assets.common import GROUP_CRITIC, current_era, era_key, era_metadata, rows_to_table
+from eliq_pipeline.assets.supervision import comparison_tuples
+from eliq_pipeline.ml import critic_data
+from eliq_pipeline.ml.benchmark_inputs import benchmark_requests, image_loader
+from eliq_pipeline.ml.backbone import build_tiny_backbone
+from eliq_pipeline.ml.embedding_cache import EmbeddingCache, EmbeddingRequest
+from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
+from eliq_pipeline.ml.instruction_tuning import (
+    SFTConfig, adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
+)
+from eliq_pipeline.ml.scorer import ScorerConfig, save_scoring_head, train_scoring_head
+from eliq_pipeline.ml.supervision import get_image, resolve_local_model
+from eliq_pipeline.partitions import ERA_PARTITIONS
+from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+
+
+def resolve_backbone(profile: ModelProfileResource) -> str:
+    """The base MLLM as a loadable reference: tiny is built once into $ELIQ_HOME/models."""
+    return resolve_local_model(profile.settings().backbone, profile.models_dir,
+                               lambda arch, out, seed: build_tiny_backbone(out, seed=seed))
+
+
+def load_era_tuples(store, era: str) -> list[dict]:
+    return store.get_table(era_key(era, "comparison_tuples.parquet")).to_pylist()
+
+
+def tuned_backbone_dir(store, era: str) -> Path:
+    return store.get_dir(era_key(era, "tuned_mllm"))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-1",
+          deps=[comparison_tuples], pool="gpu")
+def tuned_mllm(
+    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.MaterializeResult:
+    """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    rows = load_era_tuples(store, era.name)
+    load = partial(get_image, store)
+    train = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "train"], load))
+    heldout = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "heldout"], load))
+    config = SFTConfig(**{"seed": era.seed, **settings.sft})
+    work_dir = Path(profile.home) / "work" / era.name / "sft"  # resumable checkpoints live here
+    base = resolve_backbone(profile)
+    result = tune_backbone(base, train, heldout, config, work_dir, device=profile.torch_device(),
+                           log=context.log.info)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_tuned_backbone(result.model, result.processor, Path(tmp), base_ref=settings.backbone)
+        fingerprint = adapter_fingerprint(Path(tmp))
+        store.put_dir(Path(tmp), era_key(era.name, "tuned_mllm"))
+    return dg.MaterializeResult(metadata=era_metadata(
+        era, eras, profile, adapter_hash=fingerprint, base_backbone=settings.backbone,
+        train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
+        trainable_parameters=result.trainable_params,
+        heldout_label_accuracy=dg.MetadataValue.json(result.heldout_accuracy),
+        loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_curve]),
+        final_loss=float(result.loss_curve[-1]) if result.loss_curve else float("nan"),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-1",
+          deps=[tuned_mllm], pool="gpu")
+def aspect_embeddings(
+    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.MaterializeResult:
+    """z_tec, z_aes, z_ali (3.3.2) for every tuple image and every benchmark image found, through a
+    cache keyed by (adapter hash, image sha256, aspect, prompt hash)."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    adapter_dir = tuned_backbone_dir(store, era.name)
+    namespace = adapter_fingerprint(adapter_dir)
+    cache = EmbeddingCache(store, namespace)
+    requests = critic_data.all_tuple_requests(load_era_tuples(store, era.name))
+    bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path)
+    requests += bench_requests
+    model_holder: dict = {}
+
+    def embed(images, aspects, prompts):
+        if not model_holder:  # load the backbone only when something is missing
+            model_holder["mp"] = load_tuned_backbone(adapter_dir, base_override=resolve_backbone(profile),
+                                                     device=profile.torch_device())
+        model, processor = model_holder["mp"]
+        return extract_aspect_embeddings(model, processor, images, aspects, prompts,
+                                         batch_size=settings.embed_batch_size, device=profile.torch_device())
+
+    computed, reused = cache.ensure(requests, image_loader(store, bench_paths), embed,
+                                    progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"))
+    index = [{"key": r.key(namespace), "image_sha256": r.image_sha256, "aspect": r.aspect,
+              "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
+    store.put_table(era_key(era.name, "aspect_embeddings.parquet"), rows_to_table(index))
+    store.put_bytes(era_key(era.name, "aspect_embeddings.json"), json.dumps({"namespace": namespace}).encode())
+    return dg.MaterializeResult(metadata=era_metadata(
+        era, eras, profile, embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
+        benchmark_images=dg.MetadataValue.json(bench_counts),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="qqt-1",
+          deps=[aspect_embeddings])
+def qqt_model(
+    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.MaterializeResult:
+    """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5)."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    namespace = json.loads(store.get_bytes(era_key(era.name, "aspect_embeddings.json")))["namespace"]
+    cache = EmbeddingCache(store, namespace)
+    rows = load_era_tuples(store, era.name)
+    train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"])
+    heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"])
+    config = ScorerConfig(**{"hidden_size": int(train.pos_tec.shape[1]), "seed": era.seed, **settings.scorer})
+    result = train_scoring_head(train, heldout, config, log=context.log.info)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_scoring_head(result.model, config, Path(tmp))
+        (Path(tmp) / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
+        (Path(tmp) / "training_report.json").write_text(json.dumps(
+            {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
+        store.put_dir(Path(tmp), era_key(era.name, "qqt_model"))
+    return dg.MaterializeResult(metadata=era_metadata(
+        era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
+        heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
+        heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+        loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_history]),
+    ))

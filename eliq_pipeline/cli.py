@@ -1,0 +1,136 @@
+"""The `eliq` command: era management, materialization and the score report."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from eliq_pipeline.eras import ErasFileError, append_era, default_eras_path, load_eras
+
+REPORT_COLUMNS = ("era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash")
+
+
+def _eras_list(args: argparse.Namespace) -> int:
+    registry = load_eras(args.eras)
+    status = _partition_status()
+    unknown = "-" if status is None else "not registered"
+    print(f"{'era':<16} {'seed':>4}  {'positive generators':<28} {'low-quality':<16} {'editor':<10} status")
+    for era in registry.eras:
+        print(f"{era.name:<16} {era.seed:>4}  {','.join(era.positive_generators):<28} "
+              f"{','.join(era.low_quality_generators) or '-':<16} {era.editor:<10} {(status or {}).get(era.name, unknown)}")
+    return 0
+
+
+def _partition_status() -> dict[str, str] | None:
+    """Which eras the Dagster instance knows (None when DAGSTER_HOME points at no instance)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    from eliq_pipeline.partitions import ERA_PARTITIONS
+
+    with dg.DagsterInstance.get() as instance:
+        return {name: "registered" for name in instance.get_dynamic_partitions(ERA_PARTITIONS.name)}
+
+
+def _eras_add(args: argparse.Namespace) -> int:
+    positives = [g.strip() for g in args.positive_generators.split(",") if g.strip()] if args.positive_generators else None
+    era = append_era(args.eras, args.name, like=args.like, positive_generators=positives)
+    print(f"added era {era.name} to {args.eras}: positives {', '.join(era.positive_generators)}, "
+          f"low-quality {', '.join(era.low_quality_generators) or '-'}, seed {era.seed}")
+    return 0
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from eliq_pipeline.definitions import eliq_home
+    from eliq_pipeline.runner import materialize_eras
+
+    if args.eras:
+        os.environ["ELIQ_ERAS"] = str(args.eras)
+    load_eras(args.eras)  # validate before starting the instance
+    with dg.DagsterInstance.get() as instance:
+        runs = materialize_eras(args.era or None, force=args.force, instance=instance)
+    home = eliq_home()
+    print(f"\nResults under {home}: artifacts in {home / 'artifacts'}, scores in {home / 'warehouse.duckdb'}")
+    print("Browse runs, lineage and metadata with: make ui\n")
+    _print_report(None, "markdown", sys.stdout)
+    return 0 if all(run.status != "failed" for run in runs) else 1
+
+
+def _print_report(era: str | None, fmt: str, out) -> None:
+    from eliq_pipeline.definitions import resources_from_env
+
+    rows = resources_from_env()["warehouse"].scores(era)
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    if not rows:
+        print("no scores yet", file=out)
+        return
+    print("| " + " | ".join(REPORT_COLUMNS[:-1]) + " |", file=out)
+    print("|" + "---|" * (len(REPORT_COLUMNS) - 1), file=out)
+    for row in rows:
+        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c]))
+                 for c in REPORT_COLUMNS[:-1]]
+        print("| " + " | ".join(cells) + " |", file=out)
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            _print_report(args.era, args.format, handle)
+        print(f"wrote {args.out}")
+    else:
+        _print_report(args.era, args.format, sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eliq", description="ELIQ label-free image quality critic pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    eras = commands.add_parser("eras", help="list or add generator eras").add_subparsers(dest="eras_command", required=True)
+    listing = eras.add_parser("list", help="show the eras of the registry file")
+    listing.add_argument("--eras", type=Path, default=default_eras_path(), help="era registry file (default: eras.yaml)")
+    listing.set_defaults(func=_eras_list)
+    add = eras.add_parser("add", help="append an era modelled on an existing one")
+    add.add_argument("name")
+    add.add_argument("--like", required=True, help="copy generators, editor from this era")
+    add.add_argument("--positive-generators", help="comma-separated generator ids for positives")
+    add.add_argument("--eras", type=Path, default=default_eras_path())
+    add.set_defaults(func=_eras_add)
+
+    materialize = commands.add_parser("materialize", help="materialize every asset for the eras (skips up-to-date eras)")
+    materialize.add_argument("--era", action="append", help="only this era (repeatable)")
+    materialize.add_argument("--force", action="store_true", help="re-materialize even if up to date")
+    materialize.add_argument("--eras", type=Path, default=None, help="era registry file (default: $ELIQ_ERAS or eras.yaml)")
+    materialize.set_defaults(func=_materialize)
+
+    report = commands.add_parser("report", help="print the benchmark scores of every era")
+    report.add_argument("--era")
+    report.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    report.add_argument("--out", help="write to this file instead of stdout")
+    report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ErasFileError, KeyError, ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"eliq: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""Qwen3-VL backbone wrapper: loading (production and tiny), aspect instructions, batched inputs.
+
+ELIQ (paper 3.3.1-3.3.2) asks one MLLM three questions per image, one per aspect, each answered
+with a single label token ``low`` / ``high``. Everything that touches the MLLM's text side lives
+here so the instruction tuning and the embedding extraction build *identical* inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from eliq_pipeline.ml.images import to_rgb
+
+ASPECTS: tuple[str, ...] = ("tec", "aes", "ali")
+LABELS: tuple[str, ...] = ("low", "high")
+
+# Model families whose processor/chat layout this module understands.
+SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+
+# One instruction per aspect (paper 3.3.1): each restricts the judgement to its aspect; only the
+# alignment instruction carries the prompt, so tec/aes embeddings cannot pick up semantic cues.
+INSTRUCTIONS: dict[str, str] = {
+    "tec": (
+        "Judge only the technical quality of this image: noise, blur, compression artifacts, "
+        "exposure and distortions. Ignore its aesthetics and its content. "
+        "Answer with one word, low or high."
+    ),
+    "aes": (
+        "Judge only the aesthetic quality of this image: composition, colour harmony, lighting "
+        "and visual appeal. Ignore technical defects and its content. "
+        "Answer with one word, low or high."
+    ),
+    "ali": (
+        'Judge only how well this image matches the text prompt: "{prompt}". '
+        "Ignore its technical and aesthetic quality. Answer with one word, low or high."
+    ),
+}
+
+# Qwen-style chat template for the tiny tokenizer (production checkpoints ship their own): user
+# turns hold an image placeholder and text, and the generation prompt opens the assistant turn.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' or 'image' in item -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' or 'video' in item -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+TINY_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Small fixed corpus for the tiny BPE: the instructions plus common prompt words, so instructions
+# and AGIQA-style prompts become short token sequences (sequence length is the CPU cost driver).
+_TINY_CORPUS_WORDS = (
+    "a an the of and with in on at by for to from is are this that image photo picture painting "
+    "drawing portrait landscape city street house room forest mountain river sea sky sun moon "
+    "night day light dark red green blue yellow orange purple black white pink brown gold silver "
+    "man woman girl boy child people dog cat bird horse fish car flower tree tower castle robot "
+    "dragon style art digital oil watercolor anime cartoon realistic detailed beautiful cute old "
+    "new small big tall long short young happy sad fantasy futuristic cyberpunk baroque abstract "
+    "sketch render unreal engine highly 4k 8k hd trending artstation background standing sitting "
+    "wearing holding playing flying walking under over near inside outside glass water fire ice "
+    "snow rain cloud stone wood metal"
+)
+
+
+@dataclass(frozen=True)
+class TinyBackboneSpec:
+    """Toy Qwen3-VL sizes: real architecture, a few hundred thousand weights, CPU-fast."""
+
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_head_dim: int = 16
+    text_intermediate_size: int = 128
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_heads: int = 4
+    vision_intermediate_size: int = 128
+    patch_size: int = 16
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    num_position_embeddings: int = 64  # an 8x8 learned grid, interpolated to each image's grid
+    deepstack_visual_indexes: tuple[int, ...] = (0,)
+    # One LLM image token covers (patch * merge)^2 = 32x32 pixels: 16..36 image tokens per image.
+    min_pixels: int = 16 * 32 * 32
+    max_pixels: int = 36 * 32 * 32
+    vocab_size: int = 1024
+
+
+def _tiny_tokenizer(spec: TinyBackboneSpec) -> Any:
+    """Byte-level BPE trained offline on a fixed corpus, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(TINY_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [instruction.replace("{prompt}", "") for instruction in INSTRUCTIONS.values()]
+    corpus += [_TINY_CORPUS_WORDS, "user assistant system low high"]
+    tokenizer.train_from_iterator(corpus * 4, trainer=trainer)
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=4096,
+    )
+    # The answer must be exactly one token; add whole-word tokens if the merges did not get there.
+    missing = [word for word in LABELS if len(fast.encode(word, add_special_tokens=False)) != 1]
+    if missing:
+        fast.add_tokens(missing)
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def _tiny_config(spec: TinyBackboneSpec, tokenizer: Any) -> Any:
+    from transformers import Qwen3VLConfig
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in TINY_SPECIAL_TOKENS}
+    half = spec.text_head_dim // 2
+    # M-RoPE splits the rotary half-dimension between (time, height, width); sections sum to half.
+    mrope_section = [half - 2 * (half // 4), half // 4, half // 4]
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden_size,
+        "intermediate_size": spec.text_intermediate_size,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads,
+        "head_dim": spec.text_head_dim,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": mrope_section,
+            "mrope_interleaved": True,
+        },
+        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "use_cache": False,
+    }
+    vision_config = {
+        "depth": spec.vision_depth,
+        "hidden_size": spec.vision_hidden_size,
+        "intermediate_size": spec.vision_intermediate_size,
+        "num_heads": spec.vision_heads,
+        "patch_size": spec.patch_size,
+        "spatial_merge_size": spec.spatial_merge_size,
+        "temporal_patch_size": spec.temporal_patch_size,
+        "out_hidden_size": spec.text_hidden_size,
+        "num_position_embeddings": spec.num_position_embeddings,
+        "deepstack_visual_indexes": list(spec.deepstack_visual_indexes),
+    }
+    return Qwen3VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def _tiny_image_processor(spec: TinyBackboneSpec) -> Any:
+    from transformers import Qwen2VLImageProcessorPil
+
+    # Saved as the PIL class; AutoImageProcessor maps it to the torchvision backend when present.
+    return Qwen2VLImageProcessorPil(
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.spatial_merge_size,
+        min_pixels=spec.min_pixels,
+        max_pixels=spec.max_pixels,
+    )
+
+
+def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | None = None) -> Path:
+    """Write a randomly initialised toy Qwen3-VL (model, tokenizer, processor) to ``out_dir``.
+
+    Same seed and spec give bit-identical weights, so tiny runs are reproducible cache keys.
+    """
+    from transformers import Qwen3VLForConditionalGeneration
+
+    spec = spec or TinyBackboneSpec()
+    out_dir = Path(out_dir)
+    tokenizer = _tiny_tokenizer(spec)
+    config = _tiny_config(spec, tokenizer)
+    # fork_rng: seeding for determinism must not disturb the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config)
+    model.eval()
+    processor = make_processor(_tiny_image_processor(spec), tokenizer, TINY_CHAT_TEMPLATE)
+
+    # Stage in a sibling temp dir and rename, so a crash never leaves a half-written backbone.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    (staging / "eliq_tiny_spec.json").write_text(
+        json.dumps({"seed": seed, **asdict(spec)}, indent=2, sort_keys=True)
+    )
+    if out_dir.exists():
+        _remove_tree(out_dir)
+    os.replace(staging, out_dir)
+    return out_dir
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Processor: stock AutoProcessor with torchvision, image-only Qwen3-VL processor without it.
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _image_only_processor_class() -> type:
+    """A Qwen3VLProcessor whose constructor has no ``video_processor`` argument.
+
+    Why: ProcessorMixin derives its sub-processors from the ``__init__`` signature and validates
+    each against its Auto mapping; the video processor (and that mapping) need torchvision, so the
+    stock class cannot even be constructed on a CPU-only torch. Dropping the argument from the
+    signature makes the mixin manage only (image_processor, tokenizer); images, chat template and
+    placeholder expansion are untouched. It saves itself under the stock class name so a
+    directory written here loads with the stock AutoProcessor where torchvision exists.
+    """
+    from transformers import Qwen3VLProcessor
+
+    class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
+        def __init__(
+            self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+        ) -> None:
+            super().__init__(
+                image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
+            )
+
+        def to_dict(self) -> dict[str, Any]:
+            output = super().to_dict()
+            output["processor_class"] = "Qwen3VLProcessor"
+            return output
+
+    Qwen3VLImageOnlyProcessor.__qualname__ = "Qwen3VLImageOnlyProcessor"
+    return Qwen3VLImageOnlyProcessor
+
+
+def make_processor(image_processor: Any, tokenizer: Any, chat_template: str | None) -> Any:
+    """Assemble a Qwen3-VL processor from parts, with or without torchvision installed."""
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        video_processor = Qwen3VLVideoProcessor(
+            patch_size=image_processor.patch_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+            merge_size=image_processor.merge_size,
+        )
+        return Qwen3VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=video_processor,
+            chat_template=chat_template,
+        )
+    return _image_only_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template
+    )
+
+
+def load_processor(
+    name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None
+) -> Any:
+    """Load the processor saved with a backbone (or adapter); left padding is forced."""
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(name_or_path)
+    else:
+        processor = _image_only_processor_class().from_pretrained(name_or_path)
+    image_processor = processor.image_processor
+    # Cap vision tokens per image (cost grows with them); the model accepts any grid size.
+    # ``size`` is a SizeDict (transformers 5) or a dict (4.x); both take item assignment.
+    for key, attr, value in (("shortest_edge", "min_pixels", min_pixels), ("longest_edge", "max_pixels", max_pixels)):
+        if value is not None:
+            image_processor.size[key] = value
+            if getattr(image_processor, attr, None) is not None:  # 4.x keeps a copy here
+                setattr(image_processor, attr, value)
+    # Left padding keeps every row's final input token in the last column (label + embedding slot).
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on CUDA (the 8B model's native precision), float32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_backbone(
+    name_or_path: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> tuple[Any, Any]:
+    """THE loader for any Qwen3-VL checkpoint, by hub id or local directory -> (model, processor).
+
+    Production passes ``Qwen/Qwen3-VL-8B-Instruct``; the tiny profile passes the directory written
+    by :func:`build_tiny_backbone`. The model is returned in eval mode on ``device``.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{name_or_path!r} is a {config.model_type!r} model; expected one of {SUPPORTED_MODEL_TYPES}"
+        )
+    dtype = dtype or default_dtype(device)
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+    model.to(device)
+    model.eval()
+    processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints (cache keys)
+# --------------------------------------------------------------------------------------------
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """Full-content hash, memoised on (path, size, mtime) so 16 GB of weights are read once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _HASH_MEMO[key] = digest.hexdigest()
+    return _HASH_MEMO[key]
+
+
+def directory_fingerprint(directory: Path, exclude: Iterable[str] = ()) -> str:
+    """Hash of every file's relative name and content (hidden files and docs excluded)."""
+    directory = Path(directory)
+    skip = set(exclude)
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and p.suffix.lower() not in (".md", ".lock")
+        and p.name not in skip
+    )
+    if not files:
+        raise FileNotFoundError(f"no files to fingerprint in {directory}")
+    for path in files:
+        digest.update(path.relative_to(directory).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(_file_sha256(path).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def backbone_fingerprint(name_or_path: str) -> str:
+    """Stable cache key for a backbone: content hash for a local dir, commit for a hub id.
+
+    A hub id resolves to the commit of the locally cached snapshot when there is one (no network),
+    otherwise to the hub's current commit; both name exact weights without reading 16 GB.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return "dir-sha256:" + directory_fingerprint(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name_or_path, local_files_only=True))
+        commit = snapshot.name
+    except Exception:  # not cached (or partial): ask the hub which commit the id points at
+        from huggingface_hub import HfApi
+
+        commit = HfApi().model_info(name_or_path).sha
+    return f"hub:{name_or_path}@{commit}"
+
+
+# --------------------------------------------------------------------------------------------
+# Instructions and batched inputs
+# --------------------------------------------------------------------------------------------
+
+
+def instruction_messages(aspect: str, prompt: str | None) -> list[dict[str, Any]]:
+    """Chat messages asking the model to judge one aspect and answer ``low`` or ``high``.
+
+    tec/aes ignore ``prompt`` entirely (paper: no semantic cues); ali requires it.
+    """
+    if aspect not in ASPECTS:
+        raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS}")
+    if aspect == "ali":
+        if prompt is None or not str(prompt).strip():
+            raise ValueError("the alignment aspect needs the generation prompt")
+        text = INSTRUCTIONS["ali"].format(prompt=" ".join(str(prompt).split()))
+    else:
+        text = INSTRUCTIONS[aspect]
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def label_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Token id of each answer word; each must be exactly one token (it is the whole target)."""
+    ids: dict[str, int] = {}
+    for word in LABELS:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"label {word!r} is {len(encoded)} tokens in this tokenizer; need exactly 1")
+        ids[word] = int(encoded[0])
+    return ids
+
+
+def build_inputs(
+    processor: Any,
+    images: Sequence[Image.Image],
+    aspects: Sequence[str],
+    prompts: Sequence[str | None],
+    add_label: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Left-padded batch of chat inputs (with generation prompt), one row per (image, aspect).
+
+    The last column is every row's final input token. With ``add_label`` the label token is
+    appended as a new last column and ``labels`` is -100 everywhere except that column, so the
+    causal-LM loss covers only the single answer token.
+    """
+    if not (len(images) == len(aspects) == len(prompts)):
+        raise ValueError("images, aspects and prompts must have the same length")
+    if add_label is not None and len(add_label) != len(images):
+        raise ValueError("add_label must have one label per row")
+    if not images:
+        raise ValueError("empty batch")
+    texts = [
+        processor.apply_chat_template(
+            instruction_messages(aspect, prompt), tokenize=False, add_generation_prompt=True
+        )
+        for aspect, prompt in zip(aspects, prompts)
+    ]
+    batch = processor(
+        text=texts,
+        images=[to_rgb(image) for image in images],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    inputs = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    if add_label is None:
+        return inputs
+
+    ids = label_token_ids(processor.tokenizer)
+    unknown = set(add_label) - set(LABELS)
+    if unknown:
+        raise ValueError(f"labels must be in {LABELS}, got {sorted(unknown)}")
+    label_column = torch.tensor([[ids[label]] for label in add_label], dtype=inputs["input_ids"].dtype)
+    ones = torch.ones_like(label_column)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], label_column], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], ones.to(inputs["attention_mask"].dtype)], dim=1)
+    if "mm_token_type_ids" in inputs:  # the label is text (type 0) for M-RoPE positions
+        mm = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(label_column, dtype=mm.dtype)], dim=1)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -1] = label_column[:, 0]
+    inputs["labels"] = labels
+    return inputs
+
+
+def move_inputs(inputs: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device``; float tensors (pixels) follow the model dtype."""
+    moved = {}
+    for key, value in inputs.items():
+        if dtype is not None and value.is_floating_point():
+            moved[key] = value.to(device=device, dtype=dtype)
+        else:
+            moved[key] = value.to(device)
+    return moved

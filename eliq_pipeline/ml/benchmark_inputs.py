@@ -1,0 +1,64 @@
+"""Benchmark images as embedding requests: the same cache serves training tuples and benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from eliq_pipeline.ml.benchmarks import Benchmark, discover_benchmarks, load_benchmark
+from eliq_pipeline.ml.embedding_cache import EmbeddingRequest
+from eliq_pipeline.ml.images import load_image
+from eliq_pipeline.ml.supervision import get_image
+
+# Prompt-less images (UGC sets) still need an alignment-branch input for the QQT's visual score;
+# they get this neutral caption and no alignment score is reported for them.
+NEUTRAL_PROMPT = "a photograph"
+
+
+def scoring_prompt(prompt: str | None) -> str:
+    return prompt if prompt else NEUTRAL_PROMPT
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def item_requests(sha: str, prompt: str | None) -> list[EmbeddingRequest]:
+    return [EmbeddingRequest(sha, "tec", None), EmbeddingRequest(sha, "aes", None),
+            EmbeddingRequest(sha, "ali", scoring_prompt(prompt))]
+
+
+def load_present_benchmarks(datasets_dir: Path | None) -> list[Benchmark]:
+    if datasets_dir is None:
+        return []
+    return [load_benchmark(name, Path(datasets_dir) / name) for name in discover_benchmarks(datasets_dir)]
+
+
+def benchmark_requests(datasets_dir: Path | None) -> tuple[list[EmbeddingRequest], dict[str, Path], dict[str, int]]:
+    """Requests for every image of every present benchmark, the sha -> file map, and counts."""
+    requests: list[EmbeddingRequest] = []
+    paths: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    for benchmark in load_present_benchmarks(datasets_dir):
+        counts[benchmark.name] = len(benchmark)
+        for item in benchmark.items:
+            sha = file_sha256(item.image_path)
+            paths[sha] = item.image_path
+            requests += item_requests(sha, item.prompt)
+    return requests, paths, counts
+
+
+def image_loader(store, benchmark_paths: dict[str, Path]) -> Callable[[str], Image.Image]:
+    """Benchmark images are read from their dataset folder; everything else from the store."""
+
+    def load(sha: str) -> Image.Image:
+        return load_image(benchmark_paths[sha]) if sha in benchmark_paths else get_image(store, sha)
+
+    return load
