@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from eliq_pipeline.ml.registry import Registry
 
@@ -59,7 +60,7 @@ class Benchmark:
     def mos_align(self) -> list[float | None]:
         return [it.mos_align for it in self.items]
 
-    def head(self, n: int) -> "Benchmark":
+    def head(self, n: int) -> Benchmark:
         """The first n items (deterministic subset, for tests and smoke runs)."""
         return Benchmark(self.name, self.kind, list(self.items[:n]))
 
@@ -148,7 +149,9 @@ def _table_benchmark(
     for row_no, (line, row) in enumerate(rows, start=1):
         image = row[image_column].strip()
         if not image:
-            raise ValueError(f"{csv_path}: row {row_no} (line {line}), column {image_column!r}: empty image name")
+            raise ValueError(
+                f"{csv_path}: row {row_no} (line {line}), column {image_column!r}: empty image name"
+            )
         items.append(
             BenchmarkItem(
                 name=image,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -25,9 +25,7 @@ def _validate(pred: ArrayLike, mos: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred, dtype=np.float64).reshape(-1) if np.ndim(pred) <= 1 else None
     m = np.asarray(mos, dtype=np.float64).reshape(-1) if np.ndim(mos) <= 1 else None
     if p is None or m is None:
-        raise ValueError(
-            f"pred and mos must be 1-D; got shapes {np.shape(pred)} and {np.shape(mos)}"
-        )
+        raise ValueError(f"pred and mos must be 1-D; got shapes {np.shape(pred)} and {np.shape(mos)}")
     if p.shape[0] != m.shape[0]:
         raise ValueError(f"length mismatch: pred has {p.shape[0]} values, mos has {m.shape[0]}")
     if p.shape[0] < MIN_POINTS:

@@ -15,9 +15,10 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,25 +82,41 @@ class ScorerConfig:
 
         for name in ("hidden_size", "d_model", "depth", "heads", "ff_dim", "epochs", "batch_size"):
             need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.d_model % self.heads == 0, f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        need(
+            self.d_model % self.heads == 0,
+            f"d_model ({self.d_model}) must be divisible by heads ({self.heads})",
+        )
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.margin >= 0.0, f"margin must be >= 0, got {self.margin}")
         need(self.lr > 0.0, f"lr must be > 0, got {self.lr}")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}")
-        need(self.patience is None or self.patience >= 1, f"patience must be >= 1 or None, got {self.patience}")
-        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        need(
+            self.max_steps is None or self.max_steps >= 1,
+            f"max_steps must be >= 1 or None, got {self.max_steps}",
+        )
+        need(
+            self.patience is None or self.patience >= 1,
+            f"patience must be >= 1 or None, got {self.patience}",
+        )
+        need(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"grad_clip must be > 0 or None, got {self.grad_clip}",
+        )
         need(
             self.visual_representation in VISUAL_REPRESENTATIONS,
-            f"visual_representation must be one of {VISUAL_REPRESENTATIONS}, got {self.visual_representation!r}",
+            f"visual_representation must be one of {VISUAL_REPRESENTATIONS}, "
+            f"got {self.visual_representation!r}",
         )
         need(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
-        need(self.visual_loss in VISUAL_LOSSES, f"visual_loss must be one of {VISUAL_LOSSES}, got {self.visual_loss!r}")
+        need(
+            self.visual_loss in VISUAL_LOSSES,
+            f"visual_loss must be one of {VISUAL_LOSSES}, got {self.visual_loss!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScorerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ScorerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -119,7 +136,9 @@ def _gelu(x: Tensor) -> Tensor:
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out)
+    )
 
 
 class GatedFusion(nn.Module):
@@ -153,7 +172,9 @@ class SingleAspect(nn.Module):
 class QualityQueryTransformer(nn.Module):
     """Eq. 12-15: tokens [z_va, q_vis, q_ali] -> projection + positions -> encoder -> two heads."""
 
-    def __init__(self, h: int, d_model: int, depth: int, heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(
+        self, h: int, d_model: int, depth: int, heads: int, ff_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         self.q_vis = nn.Parameter(torch.randn(2 * h) * 0.02)
         self.q_ali = nn.Parameter(torch.randn(2 * h) * 0.02)
@@ -232,7 +253,8 @@ class ELIQScoringHead(nn.Module):
                 raise ValueError(f"{name} must have shape [batch, {h}], got {tuple(z.shape)}")
         if not (z_tec.shape[0] == z_aes.shape[0] == z_ali.shape[0]):
             raise ValueError(
-                f"batch sizes differ: z_tec {z_tec.shape[0]}, z_aes {z_aes.shape[0]}, z_ali {z_ali.shape[0]}"
+                f"batch sizes differ: z_tec {z_tec.shape[0]}, z_aes {z_aes.shape[0]}, "
+                f"z_ali {z_ali.shape[0]}"
             )
         z_vis = self.visual(self.norm_tec(z_tec), self.norm_aes(z_aes))
         z_va = torch.cat([z_vis, self.norm_ali(z_ali)], dim=-1)  # eq. 12
@@ -242,7 +264,9 @@ class ELIQScoringHead(nn.Module):
         return save_scoring_head(self, self.config, out_dir)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, expected_hidden_size: int | None = None) -> "ELIQScoringHead":
+    def from_pretrained(
+        cls, path: str | Path, expected_hidden_size: int | None = None
+    ) -> ELIQScoringHead:
         return load_scoring_head(path, expected_hidden_size=expected_hidden_size)[0]
 
 
@@ -297,7 +321,7 @@ def alignment_ranking_loss(s_pos_ali: Tensor, s_neg_ali: Tensor, margin: float) 
 
 
 def total_ranking_loss(
-    scores: "TupleScores", margin: float, mode: VisualLoss = "pairwise"
+    scores: TupleScores, margin: float, mode: VisualLoss = "pairwise"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Eq. 20: returns (L_vis + L_ali, L_vis, L_ali)."""
     l_vis = visual_ranking_loss(scores.pos_vis, scores.tecneg_vis, scores.aesneg_vis, margin, mode)
@@ -351,12 +375,15 @@ class TupleEmbeddings:
             tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
             tensor = tensor.detach().to(dtype=torch.float32, device="cpu")
             if tensor.dim() != 2:
-                raise ValueError(f"TupleEmbeddings.{f.name} must be 2-D [N, h], got shape {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"TupleEmbeddings.{f.name} must be 2-D [N, h], got shape {tuple(tensor.shape)}"
+                )
             if shape is None:
                 shape = tuple(tensor.shape)
             elif tuple(tensor.shape) != shape:
                 raise ValueError(
-                    f"TupleEmbeddings.{f.name} has shape {tuple(tensor.shape)}, expected {shape} like pos_tec"
+                    f"TupleEmbeddings.{f.name} has shape {tuple(tensor.shape)}, "
+                    f"expected {shape} like pos_tec"
                 )
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"TupleEmbeddings.{f.name} contains NaN/inf")
@@ -377,10 +404,13 @@ class TupleEmbeddings:
     def aesneg_ali_or_pos(self) -> Tensor:
         return self.aesneg_ali if self.aesneg_ali is not None else self.pos_ali
 
-    def subset(self, index: Sequence[int] | Tensor | np.ndarray) -> "TupleEmbeddings":
+    def subset(self, index: Sequence[int] | Tensor | np.ndarray) -> TupleEmbeddings:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
         return TupleEmbeddings(
-            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in fields(self)}
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+                for f in fields(self)
+            }
         )
 
 
@@ -395,7 +425,9 @@ class TupleScores:
     neg_ali: Tensor
 
 
-def score_tuples(model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor | None = None) -> TupleScores:
+def score_tuples(
+    model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor | None = None
+) -> TupleScores:
     """One forward over 4 stacked row groups: I+, I-_tec, I-_aes (all with prompt p) and
     (I+, p-_ali). Runs in whatever mode/grad context the caller set."""
     t = tuples
@@ -403,7 +435,9 @@ def score_tuples(model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor 
     b = int(idx.shape[0])
     z_tec = torch.cat([t.pos_tec[idx], t.tecneg_tec[idx], t.aesneg_tec[idx], t.pos_tec[idx]])
     z_aes = torch.cat([t.pos_aes[idx], t.tecneg_aes[idx], t.aesneg_aes[idx], t.pos_aes[idx]])
-    z_ali = torch.cat([t.pos_ali[idx], t.tecneg_ali_or_pos[idx], t.aesneg_ali_or_pos[idx], t.neg_ali[idx]])
+    z_ali = torch.cat(
+        [t.pos_ali[idx], t.tecneg_ali_or_pos[idx], t.aesneg_ali_or_pos[idx], t.neg_ali[idx]]
+    )
     s_vis, s_ali = model(z_tec, z_aes, z_ali)
     return TupleScores(
         pos_vis=s_vis[:b],
@@ -426,10 +460,14 @@ def _evaluate(
     try:
         parts: list[TupleScores] = []
         for start in range(0, len(tuples), batch_size):
-            parts.append(score_tuples(model, tuples, torch.arange(start, min(start + batch_size, len(tuples)))))
+            parts.append(
+                score_tuples(model, tuples, torch.arange(start, min(start + batch_size, len(tuples))))
+            )
     finally:
         model.train(was_training)
-    s = TupleScores(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(TupleScores)})
+    s = TupleScores(
+        **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(TupleScores)}
+    )
     acc = {
         "vis_vs_tec": float((s.pos_vis > s.tecneg_vis).double().mean()),
         "vis_vs_aes": float((s.pos_vis > s.aesneg_vis).double().mean()),
@@ -447,6 +485,8 @@ def ranking_accuracies(model: ELIQScoringHead, tuples: TupleEmbeddings) -> dict[
 
 
 # ---------------------------------------------------------------------------------- training
+
+_LOSS_TIE_DELTA = 1e-4
 
 
 @dataclass
@@ -475,16 +515,18 @@ def train_scoring_head(
     """Train fusion + QQT with L_vis + L_ali (eq. 20) using AdamW.
 
     After every epoch the held-out tuples are scored; the kept model is the epoch with the best
-    mean held-out ranking accuracy (ties broken by lower held-out loss), and training stops after
-    `patience` epochs without improvement or after `max_steps` optimiser steps. Deterministic for
-    a given cfg.seed on a given machine; the caller's global torch RNG state is left untouched.
+    mean held-out ranking accuracy (ties broken by a held-out loss lower by more than 1e-4), and
+    training stops after `patience` epochs without improvement or after `max_steps` optimiser
+    steps. Deterministic for a given cfg.seed on a given machine; the caller's global torch RNG
+    state is left untouched.
     """
     for label, split in (("train", train), ("heldout", heldout)):
         if len(split) == 0:
             raise ValueError(f"{label} tuples are empty")
         if split.hidden_size != cfg.hidden_size:
             raise ValueError(
-                f"{label} embeddings have hidden size {split.hidden_size}, config expects {cfg.hidden_size}"
+                f"{label} embeddings have hidden size {split.hidden_size}, "
+                f"config expects {cfg.hidden_size}"
             )
     emit = log or (lambda _msg: None)
 
@@ -537,12 +579,19 @@ def train_scoring_head(
             result.history.append(row)
             emit(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f}, held-out loss {heldout_loss:.4f}, "
-                f"acc vis/tec {acc['vis_vs_tec']:.3f} vis/aes {acc['vis_vs_aes']:.3f} ali {acc['ali']:.3f}"
+                f"acc vis/tec {acc['vis_vs_tec']:.3f} vis/aes {acc['vis_vs_aes']:.3f} "
+                f"ali {acc['ali']:.3f}"
             )
 
-            key = (acc["mean"], -heldout_loss)
-            if best_key is None or key > best_key:
-                best_key = key
+            # Improvement: higher mean accuracy, or equal accuracy and a held-out loss lower by
+            # more than a hair (so a loss creeping down by 1e-6 does not defeat patience).
+            improved = (
+                best_key is None
+                or acc["mean"] > best_key[0]
+                or (acc["mean"] == best_key[0] and heldout_loss < best_key[1] - _LOSS_TIE_DELTA)
+            )
+            if improved:
+                best_key = (acc["mean"], heldout_loss)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch
                 result.heldout_accuracies = acc
@@ -582,7 +631,16 @@ def save_scoring_head(model: ELIQScoringHead, cfg: ScorerConfig | None, out_dir:
     architecture. Returns out_dir."""
     cfg = cfg or model.config
     if cfg.to_dict() != model.config.to_dict():
-        arch = ("hidden_size", "d_model", "depth", "heads", "ff_dim", "input_norm", "visual_representation", "head")
+        arch = (
+            "hidden_size",
+            "d_model",
+            "depth",
+            "heads",
+            "ff_dim",
+            "input_norm",
+            "visual_representation",
+            "head",
+        )
         diff = [k for k in arch if getattr(cfg, k) != getattr(model.config, k)]
         if diff:
             raise ValueError(f"cfg does not describe this model; differs in {diff}")
@@ -590,8 +648,14 @@ def save_scoring_head(model: ELIQScoringHead, cfg: ScorerConfig | None, out_dir:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    document = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": cfg.to_dict()}
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n"))
+    document = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(),
+    }
+    _atomic_write(
+        out / CONFIG_NAME, lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    )
     return out
 
 
@@ -610,7 +674,9 @@ def load_scoring_head(
             raise FileNotFoundError(f"scoring head checkpoint incomplete: {p} not found")
     document = json.loads(config_path.read_text())
     if document.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{config_path} is not an ELIQ scoring head config (format {document.get('format')!r})")
+        raise ValueError(
+            f"{config_path} is not an ELIQ scoring head config (format {document.get('format')!r})"
+        )
     if document.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(
             f"{config_path}: unsupported format_version {document.get('format_version')!r} "
@@ -627,7 +693,8 @@ def load_scoring_head(
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise ValueError(
-            f"{weights_path} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{weights_path} does not match its config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(state)
     model.eval()
@@ -653,7 +720,9 @@ class LinearCalibration:
     slope_at_floor: bool = False
 
     @classmethod
-    def fit(cls, raw: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray) -> "LinearCalibration":
+    def fit(
+        cls, raw: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray
+    ) -> LinearCalibration:
         x = np.asarray(raw, dtype=np.float64).reshape(-1)
         y = np.asarray(mos, dtype=np.float64).reshape(-1)
         if x.shape != y.shape:
@@ -671,7 +740,9 @@ class LinearCalibration:
         if at_floor:
             slope = floor
         # For a fixed slope the least-squares intercept is mean(y) - slope * mean(x).
-        return cls(slope=slope, intercept=float(y.mean() - slope * x.mean()), slope_at_floor=bool(at_floor))
+        return cls(
+            slope=slope, intercept=float(y.mean() - slope * x.mean()), slope_at_floor=bool(at_floor)
+        )
 
     def __call__(self, raw: Sequence[float] | np.ndarray) -> np.ndarray:
         return self.slope * np.asarray(raw, dtype=np.float64) + self.intercept
@@ -680,8 +751,14 @@ class LinearCalibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LinearCalibration":
+    def from_dict(cls, data: dict[str, Any]) -> LinearCalibration:
         slope = float(data["slope"])
         if not (slope > 0 and math.isfinite(slope)):
-            raise ValueError(f"LinearCalibration slope must be a positive finite number, got {data['slope']!r}")
-        return cls(slope=slope, intercept=float(data["intercept"]), slope_at_floor=bool(data.get("slope_at_floor", False)))
+            raise ValueError(
+                f"LinearCalibration slope must be a positive finite number, got {data['slope']!r}"
+            )
+        return cls(
+            slope=slope,
+            intercept=float(data["intercept"]),
+            slope_at_floor=bool(data.get("slope_at_floor", False)),
+        )

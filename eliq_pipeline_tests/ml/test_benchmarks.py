@@ -13,7 +13,8 @@ from eliq_pipeline.ml.benchmarks import (
     load_koniq_10k,
 )
 
-AGIQA_ROOT = Path("/work/shared/datasets/agiqa-3k")
+# The shared read-only copy sits next to the repository (../shared/datasets, see DESIGN.md).
+AGIQA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "agiqa-3k"
 needs_agiqa = pytest.mark.skipif(
     not (AGIQA_ROOT / "data.csv").is_file(), reason="AGIQA-3K copy not present"
 )
@@ -141,7 +142,11 @@ def test_generic_csv_with_custom_columns(tmp_path):
     )
     assert bench.name == "mine" and len(bench) == 3
     assert bench.items[1] == BenchmarkItem(
-        name="imgs/b.png", image_path=folder / "imgs" / "b.png", prompt="a dog", mos_quality=1.25, mos_align=None
+        name="imgs/b.png",
+        image_path=folder / "imgs" / "b.png",
+        prompt="a dog",
+        mos_quality=1.25,
+        mos_align=None,
     )
     assert not bench.has_alignment  # one alignment cell is empty
     assert bench.mos_quality() == [3.5, 1.25, 2.0]

@@ -101,8 +101,15 @@ def test_correlation_report_keys_and_values():
     report = metrics.correlation_report(x, y, n_boot=100)
     assert report["n"] == 80
     assert set(report) == {
-        "n", "srcc", "plcc", "plcc_logistic", "krcc",
-        "srcc_ci_low", "srcc_ci_high", "plcc_ci_low", "plcc_ci_high",
+        "n",
+        "srcc",
+        "plcc",
+        "plcc_logistic",
+        "krcc",
+        "srcc_ci_low",
+        "srcc_ci_high",
+        "plcc_ci_low",
+        "plcc_ci_high",
     }
     assert report["srcc"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert report["srcc_ci_low"] < report["srcc"] < report["srcc_ci_high"]

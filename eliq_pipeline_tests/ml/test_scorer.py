@@ -23,10 +23,19 @@ from eliq_pipeline.ml.scorer import (
 H = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # These models are tiny: intra-op threading only adds contention on a shared 2-core box.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_cfg(**overrides) -> ScorerConfig:
     base = dict(
         hidden_size=H, d_model=32, depth=1, heads=2, ff_dim=64, dropout=0.0,
-        lr=3e-3, epochs=25, batch_size=32, patience=6, margin=0.5,
+        lr=3e-3, epochs=12, batch_size=32, patience=6, margin=0.5,
     )  # fmt: skip
     base.update(overrides)
     return ScorerConfig(**base)
@@ -161,8 +170,9 @@ def test_tuple_embeddings_validation_and_subset(data):
     assert train.tecneg_ali is None and train.tecneg_ali_or_pos is train.pos_ali
     sub = train.subset([3, 1])
     torch.testing.assert_close(sub.pos_tec[0], train.pos_tec[3])
-    fields = {k: np.zeros((4, H)) for k in (
-        "pos_tec", "pos_aes", "pos_ali", "tecneg_tec", "tecneg_aes", "aesneg_tec", "aesneg_aes", "neg_ali")}  # fmt: skip
+    names = ["pos_tec", "pos_aes", "pos_ali", "tecneg_tec", "tecneg_aes"]
+    names += ["aesneg_tec", "aesneg_aes", "neg_ali"]
+    fields = {k: np.zeros((4, H)) for k in names}
     with pytest.raises(ValueError, match="neg_ali has shape"):
         TupleEmbeddings(**{**fields, "neg_ali": np.zeros((3, H))})
     with pytest.raises(ValueError, match="NaN"):
@@ -230,10 +240,14 @@ def test_training_rejects_mismatched_hidden_size(data):
 )
 def test_ablations_build_and_train(data, overrides):
     train, heldout = data
-    result = train_scoring_head(train.subset(range(64)), heldout.subset(range(32)), tiny_cfg(epochs=3, **overrides))
+    result = train_scoring_head(
+        train.subset(range(64)), heldout.subset(range(32)), tiny_cfg(epochs=3, **overrides)
+    )
     assert len(result.history) == 3
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
-    vis, ali = score_embeddings(result.model, heldout.pos_tec[:4], heldout.pos_aes[:4], heldout.pos_ali[:4])
+    vis, ali = score_embeddings(
+        result.model, heldout.pos_tec[:4], heldout.pos_aes[:4], heldout.pos_ali[:4]
+    )
     assert vis.shape == (4,) and np.all(np.isfinite(vis)) and np.all(np.isfinite(ali))
 
 
@@ -264,7 +278,9 @@ def test_load_refuses_other_hidden_size_and_bad_dirs(tmp_path):
     # Weights that do not match the config are refused with a clear message.
     other = ELIQScoringHead(tiny_cfg(head="mlp"))
     save_scoring_head(other, None, tmp_path / "other")
-    (tmp_path / "ok" / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    (tmp_path / "ok" / "model.safetensors").write_bytes(
+        (tmp_path / "other" / "model.safetensors").read_bytes()
+    )
     with pytest.raises(ValueError, match="does not match its config"):
         load_scoring_head(tmp_path / "ok")
     # No temp files are left behind by the atomic writes.
@@ -278,7 +294,11 @@ def test_linear_calibration_fit_and_round_trip():
     raw = np.array([-1.0, 0.0, 1.0, 2.0])
     mos = 2.0 * raw + 3.0
     cal = LinearCalibration.fit(raw, mos)
-    assert cal.slope == pytest.approx(2.0) and cal.intercept == pytest.approx(3.0) and not cal.slope_at_floor
+    assert (
+        cal.slope == pytest.approx(2.0)
+        and cal.intercept == pytest.approx(3.0)
+        and not cal.slope_at_floor
+    )
     np.testing.assert_allclose(cal([0.5]), [4.0])
     assert LinearCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
 
