@@ -7,7 +7,7 @@ import dagster as dg
 from eliq_pipeline.assets.common import GROUP_SUPERVISION, current_era, era_key, era_metadata, rows_to_table
 from eliq_pipeline.eras import Era, EraRegistry
 from eliq_pipeline.ml import supervision as sup
-from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, build_tiny_pipeline
+from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, resolve_model_ref
 from eliq_pipeline.ml.prompts import Prompt, build_prompt_bank
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
@@ -16,25 +16,28 @@ from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, 
 def load_prompts(store, era: str) -> list[Prompt]:
     table = store.get_table(era_key(era, "prompts.parquet")).to_pylist()
     return [Prompt(prompt_id=r["prompt_id"], text=r["text"], category=r["category"],
-                   sub_concept=r["sub_concept"], labels=list(r["labels"])) for r in table]
+                   sub_concept=r["sub_concept"], labels=list(r["labels"]), subject=r.get("subject") or "")
+            for r in table]
+
+
+def _defaults(profile: ModelProfileResource) -> dict:
+    settings = profile.settings()
+    return {"steps": settings.generation_steps, "height": settings.image_height, "width": settings.image_width}
 
 
 def _generator_loader(registry: EraRegistry, profile: ModelProfileResource):
     def load(gid: str):
         entry = registry.generators[gid]
-        model = sup.resolve_local_model(
-            entry.model_for(profile.profile), profile.models_dir, build_tiny_pipeline,
-            init_seed=int(entry.params.get("init_seed", 0)),
-        )
-        spec = GeneratorSpec(id=gid, backend=entry.backend, model=model, params=dict(entry.params))
+        model = resolve_model_ref(entry.model_for(profile.profile), profile.models_dir / "generators",
+                                  init_seed=int(entry.params.get("init_seed", 0)))
+        spec = GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
         return GENERATOR_BACKENDS.get(entry.backend)(spec, device=profile.torch_device())
 
     return load
 
 
 def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profile: ModelProfileResource):
-    settings = profile.settings()
-    defaults = {"steps": settings.generation_steps, "height": settings.image_height, "width": settings.image_width}
+    defaults = _defaults(profile)
     return [
         sup.GenerationRequest(gid, prompt, sup.generation_params(registry.generators[gid].params, defaults, prompt))
         for gid in generator_ids
@@ -52,7 +55,7 @@ def prompts(
     settings = profile.settings()
     bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
     rows = [{"prompt_id": p.prompt_id, "text": p.text, "category": p.category,
-             "sub_concept": p.sub_concept, "labels": list(p.labels)} for p in bank]
+             "sub_concept": p.sub_concept, "labels": list(p.labels), "subject": p.subject} for p in bank]
     store = artifacts.store()
     store.put_table(era_key(era.name, "prompts.parquet"), rows_to_table(rows))
     coverage = sup.count_by(rows, "category")

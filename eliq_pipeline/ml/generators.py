@@ -8,6 +8,7 @@ real pipeline classes at toy size from configs in code, so no test ever download
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -44,6 +45,7 @@ KNOWN_PARAMS = frozenset(
         "batch_size",
         "dtype",  # "float32" | "bfloat16" | "float16"; default float32 on CPU, bf16 on CUDA
         "revision",  # hub revision (branch, tag or commit) for production models
+        "offload",  # CUDA only: enable_model_cpu_offload instead of moving the whole pipeline
         "call_kwargs",  # anything else passed verbatim to the pipeline call
     }
 )
@@ -84,7 +86,7 @@ def generation_key(
     spec: GeneratorSpec, revision: str, prompt: str, seed: int, code_version: str, stop_step: int | None = None
 ) -> str:
     """Content key of one generated image: identical inputs are never generated twice."""
-    params = {k: v for k, v in spec.params.items() if k not in ("seed", "batch_size")}
+    params = {k: v for k, v in spec.params.items() if k not in ("seed", "batch_size", "offload")}  # no pixel effect
     payload = {
         "generator": spec.id,
         "backend": spec.backend,
@@ -182,14 +184,23 @@ class DiffusersGenerator:
         if spec.params.get("revision"):
             load_kwargs["revision"] = spec.params["revision"]
         try:
+            index = DiffusionPipeline.load_config(
+                spec.model, local_files_only=self.local_files_only, revision=load_kwargs.get("revision")
+            )
+            if "safety_checker" in index:
+                # SD 1.x's NSFW filter blanks false positives to black: a black "negative" teaches
+                # nothing, and skipping it saves loading a 1.2 GB CLIP model
+                load_kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = DiffusionPipeline.from_pretrained(spec.model, **load_kwargs)
         except Exception as exc:  # many loader error types; the caller needs the generator and model named
             raise RuntimeError(f"generator {spec.id!r}: cannot load {spec.model!r}: {exc}") from exc
-        if getattr(pipe, "safety_checker", None) is not None:
-            # SD 1.x's NSFW filter blanks false positives to black; a black "negative" would teach nothing
-            pipe.safety_checker = None
         pipe.set_progress_bar_config(disable=True)
-        self.pipeline = pipe.to(self.device)
+        if spec.params.get("offload") and self.device.startswith("cuda"):
+            # models bigger than the card (e.g. Qwen-Image + its 7B text encoder on a 48 GB GPU)
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe = pipe.to(self.device)
+        self.pipeline = pipe
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters)
         self._revision: str | None = None
 
@@ -200,8 +211,8 @@ class DiffusersGenerator:
         # CPU gains nothing from batching and a batch costs more memory; GPUs do gain
         return 4 if self.device.startswith("cuda") else 1
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        p = self.spec.params
+    def _call_kwargs(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        p = {**self.spec.params, **(overrides or {})}
         wanted = {
             "num_inference_steps": p.get("steps"),
             "guidance_scale": p.get("guidance"),
@@ -221,8 +232,12 @@ class DiffusersGenerator:
         seeds: list[int],
         stop_step: int | None = None,
         batch_size: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> list[Image.Image]:
         """One RGB image per (prompt, seed).
+
+        `params` (same keys as `GeneratorSpec.params`, e.g. steps/height/width from the profile)
+        override the spec's params for this call.
 
         `stop_step=k` decodes the latents after k of the scheduled denoising steps (premature
         decoding, an AI-specific technical negative): the remaining steps are skipped through the
@@ -230,7 +245,10 @@ class DiffusersGenerator:
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        kwargs = self._call_kwargs()
+        unknown = set(params or {}) - KNOWN_PARAMS
+        if unknown:
+            raise ValueError(f"generator {self.spec.id!r}: unknown param(s) {sorted(unknown)}")
+        kwargs = self._call_kwargs(params)
         steps = int(kwargs.get("num_inference_steps") or inspect.signature(type(self.pipeline).__call__)
                     .parameters["num_inference_steps"].default)
         if stop_step is not None:
@@ -304,48 +322,79 @@ def load_generator(spec: GeneratorSpec, device: str = "cpu", **kwargs: Any) -> A
 # --------------------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode map (the alphabet of byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 def _tiny_words() -> list[str]:
     from .prompts import prompt_vocabulary
 
     return prompt_vocabulary()
 
 
-def build_tiny_clip_tokenizer() -> Any:
-    """Byte-level BPE CLIP tokenizer: every byte is a token, plus whole-word merges for the prompt
-    vocabulary so a 40-word prompt fits CLIP's 77-token window (a bytes-only vocab would not)."""
+def _train_bpe(words: list[list[str]]) -> list[tuple[str, str]]:
+    """Deterministic BPE training: merge the most frequent pair (ties: smallest pair) until every
+    word is one symbol. `tokenizers`' own trainer breaks ties in hash order, so two builds could
+    disagree -- and the tiny pipelines must be reproducible for a seed."""
+    from collections import Counter, defaultdict
+
+    counts: Counter[tuple[str, str]] = Counter()
+    where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+    for index, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            counts[pair] += 1
+            where[pair].add(index)
+    merges: list[tuple[str, str]] = []
+    while counts:
+        best = min(counts.items(), key=lambda item: (-item[1], item[0]))[0]
+        merges.append(best)
+        for index in sorted(where.pop(best, ())):
+            symbols = words[index]
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] -= 1
+                if counts[pair] <= 0:
+                    del counts[pair]
+            merged: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            words[index] = merged
+            for pair in zip(merged, merged[1:]):
+                counts[pair] += 1
+                where[pair].add(index)
+    return merges
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in alphabet + [a + "</w>" for a in alphabet]:
-        vocab.setdefault(symbol, len(vocab))
-    merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    backend = CLIPTokenizer(model_max_length=77).backend_tokenizer  # CLIP's normaliser + pre-tokeniser
+    pieces: set[str] = set()
     for word in _tiny_words():
-        symbols = list(word)
-        symbols[-1] += "</w>"
-        left = symbols[0]
-        for right in symbols[1:]:
-            pair = (left, right)
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-                vocab.setdefault(left + right, len(vocab))
-            left = left + right
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+        normalised = backend.normalizer.normalize_str(word)
+        pieces.update(piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(normalised))
+    words = [list(piece[:-1]) + [piece[-1] + "</w>"] for piece in sorted(pieces)]
+    merges = _train_bpe(words)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in alphabet + [a + "</w>" for a in alphabet] + [a + b for a, b in merges]:
+        vocab.setdefault(symbol, len(vocab))
+    return vocab, merges
+
+
+def build_tiny_clip_tokenizer() -> Any:
+    """Byte-level BPE CLIP tokenizer trained offline on the prompt-bank vocabulary.
+
+    Every byte stays encodable, and bank words become single tokens so a 40-word prompt fits
+    CLIP's 77-token window (a bytes-only vocab would not).
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _tiny_clip_vocab()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
 
 
 def build_tiny_t5_tokenizer() -> Any:
@@ -355,7 +404,8 @@ def build_tiny_t5_tokenizer() -> Any:
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     for word in _tiny_words():
-        pieces.append(("▁" + word, -5.0))  # one word piece beats spelling it out (chars cost -8 each)
+        for form in dict.fromkeys((word, word.capitalize())):  # T5 is case-sensitive: sentence starts too
+            pieces.append(("▁" + form, -5.0))  # one word piece beats spelling it out (chars cost -8 each)
     chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-/()&%+"))
     known = {p for p, _ in pieces}
     pieces.extend((c, -8.0) for c in chars if c not in known)
@@ -446,7 +496,7 @@ def _tiny_vae(latent_channels: int, shift_factor: float | None, scaling_factor: 
         mix = torch.randn(decoder.conv_in.out_channels, latent_channels) / latent_channels**0.5
         decoder.conv_in.weight.copy_(mix[:, :, None, None] * blur[None, None])
         decoder.conv_in.bias.zero_()
-        out_mix = torch.randn(3, decoder.conv_out.in_channels) * 0.6
+        out_mix = torch.randn(3, decoder.conv_out.in_channels) * 0.2
         decoder.conv_out.weight.copy_(out_mix[:, :, None, None] * blur[None, None])
         decoder.conv_out.bias.zero_()
     return vae

@@ -162,7 +162,7 @@ CATEGORIES: dict[str, Category] = {
                 "mountain", "peak", "alpine", "meadow", "wildflower", "forest", "woodland", "pine",
                 "redwood", "birch", "beech", "fern", "lake", "hill", "waterfall", "gorge", "river",
                 "valley", "beach", "wave", "ocean", "sea cliff", "coastline", "tide pool", "desert",
-                "sand dune", "dune", "farmland", "field", "oak tree", "tundra", "national park",
+                "sand dune", "dune", "farmland", "oak tree", "tundra", "national park",
                 "wilderness", "trail", "driftwood",
             ),
         ),
@@ -249,7 +249,7 @@ CATEGORIES: dict[str, Category] = {
                 "teapot", "cup", "tray", "boots", "clock", "typewriter", "globe", "pocket watch", "watch",
                 "wristwatch", "violin", "piano", "trumpet", "sheet music", "candlestick", "vase", "glaze",
                 "basket", "yarn", "necklace", "pendant", "film camera", "chisel", "antique", "vintage",
-                "museum display", "display", "artifact", "object", "ceramic", "workbench", "tool",
+                "museum display", "display", "relic", "heirloom", "object", "ceramic", "workbench", "tool",
             ),
         ),
         Category(
