@@ -1,6 +1,5 @@
 """Asset checks on the supervision itself. Blocking where a wrong result would poison training."""
 
-from __future__ import annotations
 
 import json
 from typing import Iterable

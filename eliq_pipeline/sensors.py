@@ -1,6 +1,5 @@
 """The era sensor: new eras in eras.yaml become partitions and get their runs requested."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Critic assets (paper 3.3): tuned_mllm, aspect_embeddings, qqt_model."""
 
-from __future__ import annotations
 
 import json
 import tempfile

@@ -1,6 +1,5 @@
 """benchmark_scores: held-out tuple ranking always; SRCC/PLCC/KRCC on every benchmark present."""
 
-from __future__ import annotations
 
 import json
 

@@ -1,6 +1,5 @@
 """Supervision assets (paper 3.2): prompts, positive_images, negative_images, comparison_tuples."""
 
-from __future__ import annotations
 
 import dagster as dg
 
