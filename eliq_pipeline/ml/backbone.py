@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,21 +232,19 @@ def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | N
     # Stage in a sibling temp dir and rename, so a crash never leaves a half-written backbone.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    (staging / "eliq_tiny_spec.json").write_text(
-        json.dumps({"seed": seed, **asdict(spec)}, indent=2, sort_keys=True)
-    )
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "eliq_tiny_spec.json").write_text(
+            json.dumps({"seed": seed, **asdict(spec)}, indent=2, sort_keys=True)
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out_dir.exists():
-        _remove_tree(out_dir)
+        shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
     return out_dir
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +276,18 @@ def _image_only_processor_class() -> type:
         def to_dict(self) -> dict[str, Any]:
             output = super().to_dict()
             output["processor_class"] = "Qwen3VLProcessor"
+            # The stock processor insists on a video sub-processor config; write the Qwen3-VL
+            # defaults matched to the image grid so the directory also loads with torchvision.
+            image = self.image_processor
+            output.setdefault(
+                "video_processor",
+                {
+                    "video_processor_type": "Qwen3VLVideoProcessor",
+                    "patch_size": image.patch_size,
+                    "temporal_patch_size": image.temporal_patch_size,
+                    "merge_size": image.merge_size,
+                },
+            )
             return output
 
     Qwen3VLImageOnlyProcessor.__qualname__ = "Qwen3VLImageOnlyProcessor"
@@ -358,7 +369,9 @@ def load_backbone(
             f"{name_or_path!r} is a {config.model_type!r} model; expected one of {SUPPORTED_MODEL_TYPES}"
         )
     dtype = dtype or default_dtype(device)
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+    # Accelerators: place weights straight onto the device (no 16 GB detour through host RAM).
+    device_map = None if str(device) == "cpu" else {"": str(device)}
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
     model.to(device)
     model.eval()
     processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -514,7 +527,9 @@ def build_inputs(
     return inputs
 
 
-def move_inputs(inputs: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def move_inputs(
+    inputs: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Move a batch to ``device``; float tensors (pixels) follow the model dtype."""
     moved = {}
     for key, value in inputs.items():
