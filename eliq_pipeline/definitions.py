@@ -37,7 +37,7 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
         "profile": ModelProfileResource(
             profile=env.get("ELIQ_PROFILE", "tiny"), home=str(home),
             datasets_dir=env.get("ELIQ_DATASETS", ""), device=env.get("ELIQ_DEVICE", "auto"),
-            backbone=env.get("ELIQ_BACKBONE", ""),
+            backbone=env.get("ELIQ_BACKBONE", ""), overrides_json=env.get("ELIQ_PROFILE_OVERRIDES", ""),
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve())),
     }

@@ -27,6 +27,18 @@ class Profile:
     scorer: dict[str, Any] = field(default_factory=dict)
     embed_batch_size: int = 16
     generation_batch_size: int = 1
+    sft_preset: str = "default"  # "tiny": settings that make a random toy backbone learn on CPU
+
+    def sft_config(self, **extra: Any):
+        from eliq_pipeline.ml.instruction_tuning import SFTConfig
+
+        values = {**extra, **self.sft}
+        return SFTConfig.tiny(**values) if self.sft_preset == "tiny" else SFTConfig(**values)
+
+    def scorer_config(self, **extra: Any):
+        from eliq_pipeline.ml.scorer import ScorerConfig
+
+        return ScorerConfig(**{**extra, **self.scorer})
 
 
 TINY = Profile(
@@ -42,6 +54,7 @@ TINY = Profile(
     sft={},
     scorer={},
     embed_batch_size=16,
+    sft_preset="tiny",
 )
 
 PRODUCTION = Profile(

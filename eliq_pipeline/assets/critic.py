@@ -16,9 +16,9 @@ from eliq_pipeline.ml.backbone import build_tiny_backbone
 from eliq_pipeline.ml.embedding_cache import EmbeddingCache, EmbeddingRequest
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
 from eliq_pipeline.ml.instruction_tuning import (
-    SFTConfig, adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
+    adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
 )
-from eliq_pipeline.ml.scorer import ScorerConfig, save_scoring_head, train_scoring_head
+from eliq_pipeline.ml.scorer import save_scoring_head, train_scoring_head
 from eliq_pipeline.ml.supervision import get_image, resolve_local_model
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
@@ -32,6 +32,11 @@ def resolve_backbone(profile: ModelProfileResource) -> str:
 
 def load_era_tuples(store, era: str) -> list[dict]:
     return store.get_table(era_key(era, "comparison_tuples.parquet")).to_pylist()
+
+
+def adapter_namespace(adapter_dir: Path) -> str:
+    """The adapter fingerprint as a path-safe embedding-cache namespace."""
+    return adapter_fingerprint(adapter_dir).split(":")[-1][:32]
 
 
 def tuned_backbone_dir(store, era: str) -> Path:
@@ -51,14 +56,14 @@ def tuned_mllm(
     load = partial(get_image, store)
     train = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "train"], load))
     heldout = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "heldout"], load))
-    config = SFTConfig(**{"seed": era.seed, **settings.sft})
+    config = settings.sft_config(seed=era.seed)
     work_dir = Path(profile.home) / "work" / era.name / "sft"  # resumable checkpoints live here
     base = resolve_backbone(profile)
     result = tune_backbone(base, train, heldout, config, work_dir, device=profile.torch_device(),
                            log=context.log.info)
     with tempfile.TemporaryDirectory() as tmp:
         save_tuned_backbone(result.model, result.processor, Path(tmp), base_ref=settings.backbone)
-        fingerprint = adapter_fingerprint(Path(tmp))
+        fingerprint = adapter_namespace(Path(tmp))
         store.put_dir(Path(tmp), era_key(era.name, "tuned_mllm"))
     return dg.MaterializeResult(metadata=era_metadata(
         era, eras, profile, adapter_hash=fingerprint, base_backbone=settings.backbone,
@@ -81,7 +86,7 @@ def aspect_embeddings(
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     adapter_dir = tuned_backbone_dir(store, era.name)
-    namespace = adapter_fingerprint(adapter_dir)
+    namespace = adapter_namespace(adapter_dir)
     cache = EmbeddingCache(store, namespace)
     requests = critic_data.all_tuple_requests(load_era_tuples(store, era.name))
     bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path)
@@ -122,7 +127,7 @@ def qqt_model(
     rows = load_era_tuples(store, era.name)
     train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"])
     heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"])
-    config = ScorerConfig(**{"hidden_size": int(train.pos_tec.shape[1]), "seed": era.seed, **settings.scorer})
+    config = settings.scorer_config(hidden_size=int(train.pos_tec.shape[1]), seed=era.seed)
     result = train_scoring_head(train, heldout, config, log=context.log.info)
     with tempfile.TemporaryDirectory() as tmp:
         save_scoring_head(result.model, config, Path(tmp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -15,10 +16,19 @@ class ModelProfileResource(dg.ConfigurableResource):
     datasets_dir: str = ""  # $ELIQ_DATASETS: benchmarks in their standard layouts
     device: str = "auto"  # "auto" picks CUDA when present
     backbone: str = ""  # overrides the profile's backbone (hub id or local path)
+    overrides_json: str = ""  # JSON object of Profile fields to override; sft/scorer dicts are merged
 
     def settings(self) -> Profile:
-        profile = get_profile(self.profile)
-        return get_profile(self.profile, backbone=self.backbone) if self.backbone else profile
+        overrides = json.loads(self.overrides_json) if self.overrides_json else {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"profile overrides must be a JSON object, got {self.overrides_json!r}")
+        base = get_profile(self.profile)
+        for nested in ("sft", "scorer"):
+            if nested in overrides:
+                overrides[nested] = {**getattr(base, nested), **overrides[nested]}
+        if self.backbone:
+            overrides["backbone"] = self.backbone
+        return get_profile(self.profile, **overrides)
 
     def torch_device(self) -> str:
         if self.device != "auto":
