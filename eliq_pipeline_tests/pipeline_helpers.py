@@ -1,0 +1,53 @@
+"""Small, fast pipeline settings for tests: real assets and models, fewer prompts and steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FAST_OVERRIDES = {"n_prompts": 6, "sft": {"max_steps": 12, "checkpoint_every": 6}, "scorer": {"epochs": 4}}
+
+ERAS_ONE = """
+generators:
+  flux: {backend: diffusers, model: "tiny:flux"}
+  sd3: {backend: diffusers, model: "tiny:sd3"}
+  sd15: {backend: diffusers, model: "tiny:sd"}
+eras:
+  - {name: era-a, positive_generators: [flux], low_quality_generators: [sd15], seed: 1}
+"""
+
+
+def write_eras(path: Path, text: str = ERAS_ONE) -> Path:
+    path.write_text(text)
+    return path
+
+
+def pipeline_env(home: Path, eras_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "ELIQ_HOME": str(home),
+        "ELIQ_ERAS": str(eras_path),
+        "ELIQ_PROFILE": "tiny",
+        "ELIQ_PROFILE_OVERRIDES": json.dumps(FAST_OVERRIDES),
+        "ELIQ_DEVICE": "cpu",
+    }
+    env.update(extra)
+    return env
+
+
+def metadata_of(instance, asset_key: str, era: str) -> dict:
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_key), asset_partitions=[era]), limit=1
+    ).records
+    assert records, f"{asset_key} has no materialization for {era}"
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def materialization_ids(instance, asset_key: str, era: str) -> list[int]:
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_key), asset_partitions=[era]), limit=100
+    ).records
+    return sorted(r.storage_id for r in records)
