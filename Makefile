@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	sed 's#base_dir: .eliq/dagster/storage#base_dir: $(DAGSTER_HOME)/storage#' dagster.yaml > $@
 
 demo: setup $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/eliq materialize

@@ -51,3 +51,20 @@ def materialization_ids(instance, asset_key: str, era: str) -> list[int]:
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_key), asset_partitions=[era]), limit=100
     ).records
     return sorted(r.storage_id for r in records)
+
+
+AGIQA_3K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "agiqa-3k"
+
+
+def agiqa_subset(target: Path, rows: int = 30) -> Path | None:
+    """A datasets folder holding the first rows of the real AGIQA-3K (None when it is absent)."""
+    if not (AGIQA_3K / "data.csv").is_file():
+        return None
+    folder = target / "agiqa-3k"
+    (folder / "images").mkdir(parents=True)
+    lines = (AGIQA_3K / "data.csv").read_text(encoding="utf-8").splitlines()
+    (folder / "data.csv").write_text("\n".join(lines[: rows + 1]) + "\n", encoding="utf-8")
+    for line in lines[1 : rows + 1]:
+        name = line.split(",", 1)[0]
+        (folder / "images" / name).symlink_to(AGIQA_3K / "images" / name)
+    return target

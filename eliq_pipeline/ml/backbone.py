@@ -113,6 +113,11 @@ class TinyBackboneSpec:
     min_pixels: int = 16 * 32 * 32
     max_pixels: int = 36 * 32 * 32
     vocab_size: int = 1024
+    # Tiny-only init: this fraction of patch-embedding filters are high-pass (local differences of
+    # a random kernel), scaled by the gain. A pretrained vision encoder has such edge/texture
+    # detectors; a random one barely does, and then cannot see noise or JPEG blocking at all.
+    highpass_patch_fraction: float = 0.5
+    highpass_gain: float = 4.0
 
 
 def _tiny_tokenizer(spec: TinyBackboneSpec) -> Any:
@@ -211,6 +216,19 @@ def _tiny_image_processor(spec: TinyBackboneSpec) -> Any:
     )
 
 
+@torch.no_grad()
+def _highpass_patch_filters(model: Any, fraction: float, gain: float) -> None:
+    """Replace a fraction of patch-embedding filters by horizontal + vertical differences of random
+    kernels: they ignore smooth content and respond to noise, blocking and fine texture."""
+    weight = model.model.visual.patch_embed.proj.weight  # [out, channels, time, patch, patch]
+    count = int(weight.shape[0] * fraction)
+    if count == 0:
+        return
+    kernel = torch.randn_like(weight[:count])
+    highpass = (kernel - torch.roll(kernel, 1, dims=-1)) + (kernel - torch.roll(kernel, 1, dims=-2))
+    weight[:count] = highpass * (gain * weight.std() / highpass.std())
+
+
 def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | None = None) -> Path:
     """Write a randomly initialised toy Qwen3-VL (model, tokenizer, processor) to ``out_dir``.
 
@@ -226,6 +244,7 @@ def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3VLForConditionalGeneration(config)
+        _highpass_patch_filters(model, spec.highpass_patch_fraction, spec.highpass_gain)
     model.eval()
     processor = make_processor(_tiny_image_processor(spec), tokenizer, TINY_CHAT_TEMPLATE)
 

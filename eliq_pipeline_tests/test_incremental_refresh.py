@@ -1,0 +1,83 @@
+"""Adding an era materializes only that era, reusing shared images and cached embeddings."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from eliq_pipeline.assets import ELIQ_ASSETS
+from eliq_pipeline.eras import append_era
+from eliq_pipeline.runner import materialize_eras
+from eliq_pipeline_tests.pipeline_helpers import agiqa_subset, materialization_ids, metadata_of, pipeline_env, write_eras
+
+ASSET_KEYS = [a.key.to_user_string() for a in ELIQ_ASSETS]
+
+
+@pytest.fixture(scope="module")
+def two_eras(tmp_path_factory):
+    root = tmp_path_factory.mktemp("incremental")
+    eras_path = write_eras(root / "eras.yaml")
+    datasets = agiqa_subset(root / "datasets")
+    env = pipeline_env(root / "home", eras_path, ELIQ_DATASETS=str(datasets or ""))
+    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+        first = materialize_eras(instance=instance, env=env, log=lambda _: None)
+        era_a_before = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
+        append_era(eras_path, "era-b", like="era-a", positive_generators=["flux", "sd3"])
+        second = materialize_eras(instance=instance, env=env, log=lambda _: None)
+        era_a_after = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
+        yield instance, env, first, second, era_a_before, era_a_after
+
+
+def test_first_build_materializes_every_asset_of_the_era(two_eras):
+    instance, _, first, _, era_a_before, _ = two_eras
+    assert [(r.era, r.status) for r in first] == [("era-a", "materialized")]
+    assert all(len(ids) == 1 for ids in era_a_before.values()), era_a_before
+    assert metadata_of(instance, "positive_images", "era-a")["images_generated"] == 12  # 6 flux + 6 sd15
+
+
+def test_adding_an_era_materializes_only_the_new_era(two_eras):
+    _, _, _, second, era_a_before, era_a_after = two_eras
+    assert [(r.era, r.status) for r in second] == [("era-a", "up to date"), ("era-b", "materialized")]
+    assert era_a_after == era_a_before  # not one new materialization of the old era
+
+
+def test_shared_generator_images_are_reused_not_regenerated(two_eras):
+    instance = two_eras[0]
+    meta = metadata_of(instance, "positive_images", "era-b")
+    # flux (6) and the low-quality sd15 (6) are shared with era-a; only sd3 (6) is new.
+    assert (meta["images_generated"], meta["images_reused"]) == (6, 12)
+
+
+def test_rerunning_embeddings_reuses_every_cached_embedding(two_eras):
+    instance, env = two_eras[0], two_eras[1]
+    from eliq_pipeline.definitions import build_definitions
+
+    first = metadata_of(instance, "aspect_embeddings", "era-a")
+    assert first["embeddings_computed"] > 0
+    job = build_definitions(env).resolve_job_def("eliq_job")
+    result = job.execute_in_process(
+        instance=instance, partition_key="era-a", raise_on_error=True,
+        asset_selection=[dg.AssetKey("aspect_embeddings")],
+    )
+    assert result.success
+    again = metadata_of(instance, "aspect_embeddings", "era-a")
+    assert again["embeddings_computed"] == 0
+    assert again["embeddings_reused"] == first["embeddings_computed"] + first["embeddings_reused"]
+
+
+def test_benchmark_scores_report_heldout_ranking_and_correlations_for_present_benchmarks(two_eras):
+    instance, env = two_eras[0], two_eras[1]
+    from eliq_pipeline.definitions import resources_from_env
+
+    rows = resources_from_env(env)["warehouse"].scores("era-b")
+    heldout = {r["metric"] for r in rows if r["benchmark"] == "heldout-tuples"}
+    assert {"ranking_accuracy_vis_vs_tec", "ranking_accuracy_vis_vs_aes", "ranking_accuracy_ali"} <= heldout
+    if not env["ELIQ_DATASETS"]:
+        pytest.skip("AGIQA-3K is not available next to the repository")
+    agiqa = {(r["aspect"], r["metric"]): r for r in rows if r["benchmark"] == "agiqa-3k"}
+    for aspect in ("visual", "alignment"):
+        for metric in ("srcc", "plcc", "plcc_logistic", "krcc"):
+            row = agiqa[(aspect, metric)]
+            assert row["n"] == 30 and -1.0 <= row["value"] <= 1.0
+    assert agiqa[("visual", "srcc")]["ci_low"] <= agiqa[("visual", "srcc")]["value"] <= agiqa[("visual", "srcc")]["ci_high"]
+    assert "agiqa-3k" in metadata_of(instance, "benchmark_scores", "era-b")["scores"]

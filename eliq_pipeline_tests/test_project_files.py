@@ -1,0 +1,46 @@
+"""The instance config, workspace and shipped profiles say what the README says."""
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from eliq_pipeline.assets import ELIQ_ASSETS
+from eliq_pipeline.eras import load_eras
+from eliq_pipeline.profiles import get_profile
+from eliq_pipeline.resources import ModelProfileResource
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dagster_yaml_is_a_valid_instance_with_one_gpu_slot_and_no_telemetry(tmp_path, monkeypatch):
+    text = (ROOT / "dagster.yaml").read_text().replace(".eliq/dagster/storage", str(tmp_path / "storage"))
+    (tmp_path / "dagster.yaml").write_text(text)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_settings("telemetry")["enabled"] is False
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert (tmp_path / "storage").is_dir()
+    assert {a.key.to_user_string() for a in ELIQ_ASSETS if a.op.pool == "gpu"} == {
+        "positive_images", "tuned_mllm", "aspect_embeddings"}
+
+
+def test_workspace_points_at_the_code_location():
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    assert workspace["load_from"][0]["python_module"]["module_name"] == "eliq_pipeline.definitions"
+
+
+def test_production_profile_names_the_papers_models():
+    production = get_profile("production")
+    assert production.backbone == "Qwen/Qwen3-VL-8B-Instruct" and production.n_prompts == 400
+    catalog = load_eras(ROOT / "eras.yaml").generators
+    models = {entry.model_for("production") for entry in catalog.values()}
+    assert {"black-forest-labs/FLUX.1-dev", "stabilityai/stable-diffusion-3.5-large", "Qwen/Qwen-Image",
+            "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5"} <= models
+
+
+def test_profile_resource_applies_overrides_and_a_local_backbone(tmp_path):
+    resource = ModelProfileResource(profile="production", backbone=str(tmp_path),
+                                    overrides_json='{"n_prompts": 3, "scorer": {"epochs": 2}}')
+    settings = resource.settings()
+    assert (settings.backbone, settings.n_prompts, settings.scorer["epochs"]) == (str(tmp_path), 3, 2)
