@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from eliq_pipeline.assets import ELIQ_ASSETS
 from eliq_pipeline.checks import ELIQ_CHECKS
@@ -30,8 +29,8 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             root=str(home / "artifacts"),
             bucket=env.get("ELIQ_S3_BUCKET", ""),
             prefix=env.get("ELIQ_S3_PREFIX", "eliq"),
-            s3=S3Resource(endpoint_url=env.get("ELIQ_S3_ENDPOINT") or None,
-                          region_name=env.get("AWS_DEFAULT_REGION") or "us-east-1"),
+            s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", ""),
+            s3_region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
         ),
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "profile": ModelProfileResource(

@@ -17,7 +17,8 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     root: str = ".eliq/artifacts"  # local backend root; also the local cache for S3 downloads
     bucket: str = ""
     prefix: str = "eliq"
-    s3: S3Resource = S3Resource()
+    s3_endpoint_url: str = ""  # e.g. a MinIO or moto endpoint; empty means AWS
+    s3_region: str = "us-east-1"
 
     def store(self) -> ArtifactStore:
         if self.backend == "local":
@@ -29,6 +30,7 @@ class ArtifactStoreResource(dg.ConfigurableResource):
                 bucket=self.bucket,
                 prefix=self.prefix,
                 cache_dir=Path(self.root) / ".s3-cache",
-                client=self.s3.get_client(),
+                # dagster-aws builds the boto3 client (credentials, retries, endpoint).
+                client=S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.s3_region).get_client(),
             )
         raise ValueError(f"unknown artifact store backend {self.backend!r}; use 'local' or 's3'")
