@@ -19,6 +19,7 @@ def two_eras(tmp_path_factory):
     eras_path = write_eras(root / "eras.yaml")
     datasets = agiqa_subset(root / "datasets")
     env = pipeline_env(root / "home", eras_path, ELIQ_DATASETS=str(datasets or ""))
+    (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         first = materialize_eras(instance=instance, env=env, log=lambda _: None)
         era_a_before = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
