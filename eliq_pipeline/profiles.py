@@ -5,8 +5,10 @@ Both profiles run the same code; a profile only changes sizes, model references 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 TINY_BACKBONE = "tiny:qwen3-vl"
@@ -28,6 +30,11 @@ class Profile:
     embed_batch_size: int = 16
     generation_batch_size: int = 1
     sft_preset: str = "default"  # "tiny": settings that make a random toy backbone learn on CPU
+
+    def fingerprint(self) -> str:
+        """Hash of every setting; a materialization built under other settings is out of date."""
+        payload = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
 
     def sft_config(self, **extra: Any):
         from eliq_pipeline.ml.instruction_tuning import SFTConfig

@@ -14,7 +14,15 @@ import dagster as dg
 from eliq_pipeline.assets import ELIQ_ASSETS
 from eliq_pipeline.definitions import build_definitions, resources_from_env
 from eliq_pipeline.eras import load_eras
+from eliq_pipeline.ml.benchmarks import discover_benchmarks
 from eliq_pipeline.partitions import ERA_PARTITIONS
+
+
+# Step-level DEBUG events stay in the run's event log (the UI shows them); the console gets INFO.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+ASSET_ORDER = [asset.key.to_user_string() for asset in ELIQ_ASSETS]
 
 
 @dataclass
@@ -32,27 +40,45 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, era: str):
     return records[0] if records else None
 
 
-def stale_reason(instance: dg.DagsterInstance, era: str, fingerprint: str, profile: str) -> str | None:
-    """Why an era partition needs work, or None when every asset is materialized from the current
-    era definition, profile and code version, in dependency order."""
+@dataclass(frozen=True)
+class Staleness:
+    asset: str  # the first asset (in dependency order) that must be re-materialized
+    reason: str
+
+
+def find_stale(
+    instance: dg.DagsterInstance, era: str, fingerprint: str, profile: str, benchmarks: list[str]
+) -> Staleness | None:
+    """The first asset of an era partition that needs work, or None when every asset is
+    materialized from the current era definition, profile settings, benchmarks and code version,
+    in dependency order. Everything downstream of that asset is re-materialized, nothing upstream."""
+    found: list[Staleness] = []
     previous_ts = 0.0
     for asset in ELIQ_ASSETS:
+        name = asset.key.to_user_string()
         record = _latest(instance, asset.key, era)
         if record is None:
-            return f"{asset.key.to_user_string()} not materialized"
+            found.append(Staleness(name, f"{name} not materialized"))
+            break
         materialization = record.asset_materialization
         metadata = materialization.metadata
-        if getattr(metadata.get("era_fingerprint"), "value", None) != fingerprint:
-            return f"{asset.key.to_user_string()} was built from another definition of the era"
-        if getattr(metadata.get("profile"), "value", None) != profile:
-            return f"{asset.key.to_user_string()} was built with another profile"
         code_version = (materialization.tags or {}).get("dagster/code_version")
-        if code_version != asset.op.version and code_version != asset.code_versions_by_key.get(asset.key):
-            return f"{asset.key.to_user_string()} code changed ({code_version} -> {asset.code_versions_by_key.get(asset.key)})"
-        if record.timestamp < previous_ts:
-            return f"{asset.key.to_user_string()} is older than its upstream"
+        current = asset.code_versions_by_key.get(asset.key)
+        if getattr(metadata.get("era_fingerprint"), "value", None) != fingerprint:
+            found.append(Staleness(name, f"{name} was built from another definition of the era"))
+        elif getattr(metadata.get("profile_fingerprint"), "value", None) != profile:
+            found.append(Staleness(name, f"{name} was built with other profile settings"))
+        elif code_version != current:
+            found.append(Staleness(name, f"{name} code changed ({code_version} -> {current})"))
+        elif record.timestamp < previous_ts:
+            found.append(Staleness(name, f"{name} is older than its upstream"))
         previous_ts = record.timestamp
-    return None
+        scored = getattr(metadata.get("benchmarks"), "value", None)
+        if scored is not None and sorted(scored) != sorted(benchmarks):
+            # benchmark images enter at aspect_embeddings; supervision and tuning stay as they are
+            found.append(Staleness("aspect_embeddings", f"benchmarks changed ({', '.join(scored) or 'none'} -> "
+                                                        f"{', '.join(benchmarks) or 'none'})"))
+    return min(found, key=lambda s: ASSET_ORDER.index(s.asset)) if found else None
 
 
 def materialize_eras(
@@ -73,17 +99,22 @@ def materialize_eras(
     if missing:
         instance.add_dynamic_partitions(ERA_PARTITIONS.name, missing)
     job = build_definitions(env).resolve_job_def("eliq_job")
-    profile = resources["profile"].profile
+    profile = resources["profile"].settings().fingerprint()
+    benchmarks = discover_benchmarks(resources["profile"].datasets_path)
     runs = []
     for name in names:
         fingerprint = registry.era(name).fingerprint(registry.generators)
-        reason = None if force else stale_reason(instance, name, fingerprint, profile)
-        if not force and reason is None:
+        stale = Staleness(ELIQ_ASSETS[0].key.to_user_string(), "forced") if force else find_stale(
+            instance, name, fingerprint, profile, benchmarks)
+        if stale is None:
             log(f"era {name}: up to date, skipped")
             runs.append(EraRun(name, "up to date"))
             continue
-        log(f"era {name}: materializing ({'forced' if force else reason})")
-        result = job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False)
+        selection = ASSET_ORDER[ASSET_ORDER.index(stale.asset):]
+        log(f"era {name}: materializing {', '.join(selection)} ({stale.reason})")
+        result = job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False,
+                                        run_config=QUIET_CONSOLE,
+                                        asset_selection=[dg.AssetKey(key) for key in selection])
         status = "materialized" if result.success else "failed"
         detail = "" if result.success else _failure(result)
         log(f"era {name}: {status} (run {result.run_id}){' ' + detail if detail else ''}")

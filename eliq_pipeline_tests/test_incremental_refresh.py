@@ -82,3 +82,21 @@ def test_benchmark_scores_report_heldout_ranking_and_correlations_for_present_be
             assert row["n"] == 30 and -1.0 <= row["value"] <= 1.0
     assert agiqa[("visual", "srcc")]["ci_low"] <= agiqa[("visual", "srcc")]["value"] <= agiqa[("visual", "srcc")]["ci_high"]
     assert "agiqa-3k" in metadata_of(instance, "benchmark_scores", "era-b")["scores"]
+
+
+def test_a_changed_benchmark_set_rebuilds_only_embeddings_and_downstream(two_eras):
+    """Runs last: it changes the module's state. Supervision and tuning are left alone."""
+    instance, env = two_eras[0], dict(two_eras[1])
+    if not env["ELIQ_DATASETS"]:
+        pytest.skip("AGIQA-3K is not available next to the repository")
+    before = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
+    env["ELIQ_DATASETS"] = ""  # the benchmark folder went away
+    runs = materialize_eras(instance=instance, env=env, log=lambda _: None)
+    assert [(r.era, r.status) for r in runs] == [("era-a", "materialized"), ("era-b", "materialized")]
+    after = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
+    for key in ("prompts", "positive_images", "negative_images", "comparison_tuples", "tuned_mllm"):
+        assert after[key] == before[key], key
+    for key in ("aspect_embeddings", "qqt_model", "benchmark_scores"):
+        assert len(after[key]) == len(before[key]) + 1, key
+    assert metadata_of(instance, "aspect_embeddings", "era-a")["embeddings_computed"] == 0
+    assert [r.status for r in materialize_eras(instance=instance, env=env, log=lambda _: None)] == ["up to date"] * 2

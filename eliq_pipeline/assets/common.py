@@ -32,7 +32,8 @@ def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResou
     """Every materialization records the era definition and profile it was built from, which is
     what `eliq materialize` compares to decide whether an era is up to date."""
     registry = eras.load()
-    return {"era_fingerprint": era.fingerprint(registry.generators), "profile": profile.profile, **extra}
+    return {"era_fingerprint": era.fingerprint(registry.generators), "profile": profile.profile,
+            "profile_fingerprint": profile.settings().fingerprint(), **extra}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

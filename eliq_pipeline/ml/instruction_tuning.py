@@ -453,7 +453,8 @@ def _train_steps(
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == total_steps:
             _save_checkpoint(ckpt_root, model, optimizer, done, loss_curve, run_key, cfg.keep_checkpoints)
-        say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
+        if done % max(1, total_steps // 20) == 0 or done == total_steps:  # ~20 progress lines a run
+            say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
 
 
 def tune_backbone(
