@@ -1,14 +1,10 @@
-"""Shared fixtures: a moto S3 endpoint on 127.0.0.1 and small era files."""
+"""Shared fixtures: a moto S3 endpoint (server mode) on 127.0.0.1 and a bucket in it."""
 
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
 def _free_port() -> int:

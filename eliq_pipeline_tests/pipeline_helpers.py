@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eliq_pipeline_tests.shared_data import AGIQA_3K
+
 FAST_OVERRIDES = {"n_prompts": 6, "sft": {"max_steps": 12, "checkpoint_every": 6}, "scorer": {"epochs": 4}}
 
 ERAS_ONE = """
@@ -53,7 +55,6 @@ def materialization_ids(instance, asset_key: str, era: str) -> list[int]:
     return sorted(r.storage_id for r in records)
 
 
-AGIQA_3K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "agiqa-3k"
 
 
 def agiqa_subset(target: Path, rows: int = 30) -> Path | None:

@@ -13,8 +13,7 @@ from eliq_pipeline.ml.benchmarks import (
     load_koniq_10k,
 )
 
-# The shared read-only copy sits next to the repository (../shared/datasets, see DESIGN.md).
-AGIQA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "agiqa-3k"
+from eliq_pipeline_tests.shared_data import AGIQA_3K as AGIQA_ROOT
 needs_agiqa = pytest.mark.skipif(
     not (AGIQA_ROOT / "data.csv").is_file(), reason="AGIQA-3K copy not present"
 )
