@@ -4,16 +4,10 @@ held-out prompts (proving the SFT, embeddings, gated fusion, QQT and ranking los
 import dagster as dg
 
 from eliq_pipeline.runner import materialize_eras
-from eliq_pipeline_tests.pipeline_helpers import metadata_of, write_eras
+from eliq_pipeline_tests.pipeline_helpers import ERAS_ONE, metadata_of, write_eras
 
-ONE_ERA = """
-generators:
-  flux: {backend: diffusers, model: "tiny:flux"}
-  sd3: {backend: diffusers, model: "tiny:sd3"}
-  sd15: {backend: diffusers, model: "tiny:sd"}
-eras:
-  - {name: era-2024, positive_generators: [flux, sd3], low_quality_generators: [sd15], seed: 1}
-"""
+# Like the shipped era-2024 (with one low-quality generator instead of three), on a fresh home.
+ONE_ERA = ERAS_ONE.replace("era-a", "era-2024").replace("positive_generators: [flux]", "positive_generators: [flux, sd3]")
 
 
 def test_default_tiny_profile_reaches_point_eight_heldout_ranking_accuracy(tmp_path):
