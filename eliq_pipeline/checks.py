@@ -42,11 +42,48 @@ def negatives_differ_from_positives(context: dg.AssetCheckExecutionContext, arti
     era = _partition(context)
     rows = store.get_table(era_key(era, "negative_images.parquet")).to_pylist()
     prompts = {r["prompt_id"]: r["text"] for r in store.get_table(era_key(era, "prompts.parquet")).to_pylist()}
+    # an image negative must have other pixels; an alignment pair (image or I+, prompt) must
+    # differ from (I+, p) in its image or its prompt
     same = [r["negative_id"] for r in rows
-            if (r["image_sha256"] is not None and r["image_sha256"] == r["positive_sha256"])
-            or (r["aspect"] == "ali" and (r["mismatched_prompt"] or "") == prompts.get(r["prompt_id"]))]
+            if (r["aspect"] != "ali" and r["image_sha256"] in (None, r["positive_sha256"]))
+            or (r["aspect"] == "ali" and (r["image_sha256"] or r["positive_sha256"]) == r["positive_sha256"]
+                and (r["mismatched_prompt"] or "") == prompts.get(r["prompt_id"]))]
     return dg.AssetCheckResult(passed=not same, metadata={"negatives": len(rows), "identical_to_positive": len(same),
                                                           "first_failures": dg.MetadataValue.json(same[:5])})
+
+
+# method -> (measurable, +1 if the negative should raise it / -1 lower it)
+INTENDED_DIRECTION = {
+    "gaussian_noise": ("noise_level", +1),
+    "jpeg_recompress": ("blockiness", +1),
+    "degraded_prompt": ("sharpness", -1),
+    "premature_decode": ("noise_level", +1),
+    "offline_aesthetic_edit": ("colourfulness", -1),
+}
+
+
+@dg.asset_check(asset=negative_images, description=(
+    "Each negative moves its measurable in the intended direction (noise raises the noise estimate, "
+    "JPEG raises blockiness, ...); fails when a conventional method does so for under 90% of negatives."))
+def negatives_move_in_intended_direction(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+    from eliq_pipeline.ml import degradations
+
+    store = artifacts.store()
+    rows = store.get_table(era_key(_partition(context), "negative_images.parquet")).to_pylist()
+    measured: dict[str, list[bool]] = {}
+    for row in rows:
+        if row["method"] not in INTENDED_DIRECTION or not row["image_sha256"]:
+            continue
+        name, sign = INTENDED_DIRECTION[row["method"]]
+        measure = getattr(degradations, name)
+        delta = measure(get_image(store, row["image_sha256"])) - measure(get_image(store, row["positive_sha256"]))
+        measured.setdefault(row["method"], []).append(sign * delta > 0)
+    fractions = {m: round(sum(v) / len(v), 3) for m, v in sorted(measured.items())}
+    conventional = {m: f for m, f in fractions.items() if m in ("gaussian_noise", "jpeg_recompress", "offline_aesthetic_edit")}
+    return dg.AssetCheckResult(
+        passed=all(f >= 0.9 for f in conventional.values()), severity=dg.AssetCheckSeverity.WARN,
+        metadata={"fraction_in_intended_direction": dg.MetadataValue.json(fractions),
+                  "measurables": dg.MetadataValue.json({m: f"{'raise' if s > 0 else 'lower'} {n}" for m, (n, s) in INTENDED_DIRECTION.items()})})
 
 
 @dg.asset_check(asset=comparison_tuples, blocking=True,
@@ -54,7 +91,7 @@ def negatives_differ_from_positives(context: dg.AssetCheckExecutionContext, arti
 def tuples_reference_valid_images(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifacts.store()
     rows = store.get_table(era_key(_partition(context), "comparison_tuples.parquet")).to_pylist()
-    bad = _undecodable(store, (r[c] for r in rows for c in ("positive_sha256", "tec_sha256", "aes_sha256")))
+    bad = _undecodable(store, (r[c] for r in rows for c in ("positive_sha256", "tec_sha256", "aes_sha256", "ali_sha256")))
     train = {r["prompt_id"] for r in rows if r["split"] == "train"}
     heldout = {r["prompt_id"] for r in rows if r["split"] == "heldout"}
     overlap = sorted(train & heldout)
@@ -74,4 +111,4 @@ def qqt_beats_chance(context: dg.AssetCheckExecutionContext, artifacts: Artifact
                                metadata={"heldout_accuracy": dg.MetadataValue.json(accuracy)})
 
 
-ELIQ_CHECKS = [positive_images_decode, negatives_differ_from_positives, tuples_reference_valid_images, qqt_beats_chance]
+ELIQ_CHECKS = [positive_images_decode, negatives_differ_from_positives, negatives_move_in_intended_direction, tuples_reference_valid_images, qqt_beats_chance]

@@ -30,6 +30,9 @@ class Profile:
     embed_batch_size: int = 16
     generation_batch_size: int = 1
     sft_preset: str = "default"  # "tiny": settings that make a random toy backbone learn on CPU
+    negative_families: tuple[str, ...] = ("conventional", "ai_specific")  # Table 4 ablation switch
+    tuple_exclude_methods: tuple[str, ...] = ()  # negatives built and checked but not put in tuples
+    premature_fraction: float = 0.34  # premature decoding stops after this share of the steps
 
     def fingerprint(self) -> str:
         """Hash of every setting; a materialization built under other settings is out of date."""
@@ -62,6 +65,11 @@ TINY = Profile(
     scorer={},
     embed_batch_size=16,
     sft_preset="tiny",
+    # Random toy denoisers never produce a clean image and barely follow their prompt, so their
+    # degraded-prompt, early-stopped and appearance-prompt renders are not worse than their
+    # "positives" (measured by the direction check: 36% / 42% move as intended): they are built
+    # and checked in tiny, but not put in tuples.
+    tuple_exclude_methods=("degraded_prompt", "premature_decode", "appearance_prompt"),
 )
 
 PRODUCTION = Profile(

@@ -33,7 +33,10 @@ def test_first_build_materializes_every_asset_of_the_era(two_eras):
     instance, _, first, _, era_a_before, _ = two_eras
     assert [(r.era, r.status) for r in first] == [("era-a", "materialized")]
     assert all(len(ids) == 1 for ids in era_a_before.values()), era_a_before
-    assert metadata_of(instance, "positive_images", "era-a")["images_generated"] == 12  # 6 flux + 6 sd15
+    assert metadata_of(instance, "positive_images", "era-a")["images_generated"] == 6  # 6 prompts x flux
+    # 6 low-quality sd15 images + 4 AI-specific renders (degraded prompt, premature decode,
+    # appearance prompt, prompt variant) per positive
+    assert metadata_of(instance, "negative_images", "era-a")["images_generated"] == 6 + 4 * 6
 
 
 def test_adding_an_era_materializes_only_the_new_era(two_eras):
@@ -45,8 +48,11 @@ def test_adding_an_era_materializes_only_the_new_era(two_eras):
 def test_shared_generator_images_are_reused_not_regenerated(two_eras):
     instance = two_eras[0]
     meta = metadata_of(instance, "positive_images", "era-b")
-    # flux (6) and the low-quality sd15 (6) are shared with era-a; only sd3 (6) is new.
-    assert (meta["images_generated"], meta["images_reused"]) == (6, 12)
+    # flux (6) is shared with era-a; only sd3 (6) is new.
+    assert (meta["images_generated"], meta["images_reused"]) == (6, 6)
+    negatives = metadata_of(instance, "negative_images", "era-b")
+    # reused: sd15 low-quality (6) and flux's AI-specific renders (24); new: sd3's renders (24)
+    assert (negatives["images_generated"], negatives["images_reused"]) == (24, 30)
 
 
 def test_rerunning_embeddings_reuses_every_cached_embedding(two_eras):

@@ -1,5 +1,6 @@
 """Supervision assets (paper 3.2): prompts, positive_images, negative_images, comparison_tuples."""
 
+import json
 
 import dagster as dg
 
@@ -35,6 +36,10 @@ def _generator_loader(registry: EraRegistry, profile: ModelProfileResource):
     return load
 
 
+def _progress(context: dg.AssetExecutionContext, what: str):
+    return lambda done, total: context.log.info(f"{what}: {done}/{total} images")
+
+
 def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profile: ModelProfileResource):
     defaults = _defaults(profile)
     return [
@@ -63,56 +68,64 @@ def prompts(
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-1",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2",
           deps=[prompts], pool="gpu")
 def positive_images(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
-    """One image per (prompt, positive generator) of the era (3.2.2), plus the era's low-quality
-    generator images used as AI-specific aesthetic negatives; shared generators reuse cached images."""
+    """One image per (prompt, positive generator) of the era (3.2.2); a generator shared with an
+    earlier era reuses its cached images."""
     era: Era = current_era(context, eras)
     registry, store = eras.load(), artifacts.store()
-    prompt_list = load_prompts(store, era.name)
-    load = _generator_loader(registry, profile)
-    batch = profile.settings().generation_batch_size
-    log = lambda done, total: context.log.info(f"images {done}/{total}")  # noqa: E731
-    rows, generated, reused = sup.generate_images(store, _requests(registry, era.positive_generators, prompt_list, profile), load, batch, log)
-    low, low_generated, low_reused = sup.generate_images(store, _requests(registry, era.low_quality_generators, prompt_list, profile), load, batch, log)
-    for row in rows:
-        row["role"] = "positive"
-    for row in low:
-        row["role"] = "low_quality"
-    store.put_table(era_key(era.name, "positive_images.parquet"), rows_to_table(rows + low))
+    requests = _requests(registry, era.positive_generators, load_prompts(store, era.name), profile)
+    rows, generated, reused = sup.generate_images(store, requests, _generator_loader(registry, profile),
+                                                  profile.settings().generation_batch_size, _progress(context, "positives"))
+    store.put_table(era_key(era.name, "positive_images.parquet"), rows_to_table(rows))
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, images_generated=generated + low_generated, images_reused=reused + low_reused,
-        num_positives=len(rows), num_low_quality=len(low),
-        per_generator=dg.MetadataValue.json(sup.count_by(rows + low, "role", "generator")),
+        era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
+        per_generator=dg.MetadataValue.json(sup.count_by(rows, "generator")),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-1",
-          deps=[positive_images])
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-2",
+          deps=[positive_images], pool="gpu")
 def negative_images(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
-    """Aspect-specific negatives per positive (3.2.3): technical (repeated JPEG, Gaussian noise),
-    aesthetic (offline composition/colour edit; low-quality generators) and alignment (shuffled prompts)."""
+    """Aspect-specific negatives per positive (3.2.3), conventional and AI-specific: repeated JPEG,
+    Gaussian noise, degraded prompts, premature decoding (tec); the editor, low-quality generators,
+    appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali)."""
     era = current_era(context, eras)
-    store = artifacts.store()
-    images = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
-    positives = [r for r in images if r["role"] == "positive"]
-    low = [r for r in images if r["role"] == "low_quality"]
-    rows, created, reused = sup.build_negatives(store, positives, load_prompts(store, era.name), low, seed=era.seed)
+    registry, store, settings = eras.load(), artifacts.store(), profile.settings()
+    prompt_list = load_prompts(store, era.name)
+    positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
+    load, batch = _generator_loader(registry, profile), settings.generation_batch_size
+    low, low_generated, low_reused = sup.generate_images(
+        store, _requests(registry, era.low_quality_generators, prompt_list, profile), load, batch, _progress(context, "low-quality"))
+    planned = sup.ai_specific_requests(_requests(registry, era.positive_generators, prompt_list, profile),
+                                       settings.premature_fraction)
+    ai_rows, ai_generated, ai_reused = sup.generate_images(store, [r for r, _, _ in planned], load, batch,
+                                                           _progress(context, "AI-specific"))
+    for row, (_, method, params) in zip(ai_rows, planned):
+        row.update(method=method, method_params=json.dumps(params))
+    rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows)
     store.put_table(era_key(era.name, "negative_images.parquet"), rows_to_table(rows))
+    preview = sup.preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
+    store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, num_negatives=len(rows), negatives_created=created, negatives_reused=reused,
-        counts_by_aspect_family_method=dg.MetadataValue.json(sup.count_by(rows, "aspect", "family", "method")),
+        era, eras, profile, num_negatives=len(rows),
+        images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
+        degradations_created=created, degradations_reused=reused,
+        counts_by_family_aspect=dg.MetadataValue.json(sup.count_by(rows, "family", "aspect")),
+        counts_by_family_aspect_method=dg.MetadataValue.json(sup.count_by(rows, "family", "aspect", "method")),
+        preview=dg.MetadataValue.md(sup.preview_markdown(preview, positives[0]["prompt"])),
+        preview_path=store.describe(era_key(era.name, "negative_preview.png")),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-1",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-2",
           deps=[negative_images])
 def comparison_tuples(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
@@ -121,16 +134,17 @@ def comparison_tuples(
     """(I+, I-tec, I-aes, p, p-ali) tuples with a prompt-disjoint train / held-out split."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
-    images = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
-    positives = [r for r in images if r["role"] == "positive"]
+    positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
     negatives = store.get_table(era_key(era.name, "negative_images.parquet")).to_pylist()
-    rows = sup.build_tuples(positives, negatives, settings.heldout_fraction, era.seed, settings.tuples_per_positive)
+    rows = sup.build_tuples(positives, negatives, settings.heldout_fraction, era.seed, settings.tuples_per_positive,
+                            families=settings.negative_families, exclude_methods=settings.tuple_exclude_methods)
     for row in rows:
         row["era"] = era.name
     store.put_table(era_key(era.name, "comparison_tuples.parquet"), rows_to_table(rows))
     split = sup.count_by(rows, "split")
     return dg.MaterializeResult(metadata=era_metadata(
         era, eras, profile, num_tuples=len(rows), split=dg.MetadataValue.json(split),
-        methods=dg.MetadataValue.json(sup.count_by(rows, "tec_method", "aes_method")),
+        methods=dg.MetadataValue.json({
+            aspect: sup.count_by(rows, f"{aspect}_family", f"{aspect}_method") for aspect in ("tec", "aes", "ali")}),
         location=store.describe(era_key(era.name, "comparison_tuples.parquet")),
     ))

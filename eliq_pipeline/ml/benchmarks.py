@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
 
 from eliq_pipeline.ml.registry import Registry
 
@@ -232,7 +237,7 @@ def load_koniq_10k(root: Path, *, limit: int | None = None, resolution: str | No
     )
 
 
-@BENCHMARKS.register("generic-csv", kind="aigc")
+@BENCHMARKS.register("generic-csv", kind="aigc", generic=True)
 def load_generic_csv(
     root: Path,
     *,

@@ -73,13 +73,19 @@ def _get(row: Any, name: str) -> Any:
     return getattr(row, name)
 
 
+def _get_optional(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, Mapping) else getattr(row, name, None)
+
+
 def pseudo_label_examples(tuples: Iterable[Any]) -> list[SFTExample]:
     """Turn comparison tuples (I+, I-tec, I-aes, p, p-ali) into SFT examples, exactly per 3.3.1.
 
     Each row (a mapping or an object) has ``positive``, ``tec_negative``, ``aes_negative``
     (PIL images), ``prompt`` and ``mismatched_prompt``. I+ is high on all three aspects (ali with
     p); I-tec is low on tec only, I-aes low on aes only, (I+, p-ali) low on ali only. Non-primary
-    aspects of negatives get no label: they are not guaranteed by construction.
+    aspects of negatives get no label: they are not guaranteed by construction. An optional
+    ``ali_negative`` image replaces I+ in the alignment-negative pair (AI-specific alignment
+    negatives: an image rendered from a prompt variant, paired with the original prompt).
     """
     examples: list[SFTExample] = []
     for row in tuples:
@@ -91,7 +97,7 @@ def pseudo_label_examples(tuples: Iterable[Any]) -> list[SFTExample]:
             SFTExample(positive, "ali", prompt, "high"),
             SFTExample(_get(row, "tec_negative"), "tec", None, "low"),
             SFTExample(_get(row, "aes_negative"), "aes", None, "low"),
-            SFTExample(positive, "ali", _get(row, "mismatched_prompt"), "low"),
+            SFTExample(_get_optional(row, "ali_negative") or positive, "ali", _get(row, "mismatched_prompt"), "low"),
         ]
     return examples
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -19,7 +19,9 @@ from PIL import Image
 
 from eliq_pipeline.ml.degradations import DEGRADATIONS
 from eliq_pipeline.ml.images import decode_image, png_bytes, sha256_bytes
-from eliq_pipeline.ml.prompts import Prompt, mismatched_prompt
+from eliq_pipeline.ml.prompts import (
+    Prompt, aesthetic_degraded_prompt, degraded_prompt, mismatched_prompt, prompt_variant,
+)
 
 # Bump when the way pixels are produced changes: old cache entries then no longer match.
 GENERATION_CODE_VERSION = "gen-1"
@@ -78,6 +80,11 @@ class GenerationRequest:
     prompt: Prompt
     params: dict[str, Any]  # steps, guidance, height, width, seed (+ anything backend-specific)
     prompt_text: str | None = None  # defaults to prompt.text (degraded-prompt variants override it)
+    stop_step: int | None = None  # decode the latents after this many steps (premature decoding)
+
+    @property
+    def text(self) -> str:
+        return self.prompt_text or self.prompt.text
 
 
 def generate_images(
@@ -105,25 +112,26 @@ def generate_images(
 
     for index, request in enumerate(requests):
         generator(request.generator_id)
-        text = request.prompt_text or request.prompt.text
-        key = "cache/generations/" + stable_hash(
-            request.generator_id, revisions[request.generator_id], text, request.params, GENERATION_CODE_VERSION
-        ) + ".json"
+        parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]
+        if request.stop_step is not None:
+            parts.append({"stop_step": request.stop_step})
+        key = "cache/generations/" + stable_hash(*parts, GENERATION_CODE_VERSION) + ".json"
         keys.append(key)
         entry = _cached(store, key)
         if entry is not None:
             rows[index] = _generation_row(request, revisions, entry["image_sha256"], key, reused=True)
         else:
-            pending.setdefault(request.generator_id, []).append(index)
+            pending.setdefault((request.generator_id, request.stop_step), []).append(index)
 
     generated = 0
     done = len(requests) - sum(len(v) for v in pending.values())
-    for gid, indices in pending.items():
+    for (gid, stop_step), indices in pending.items():
         for start in range(0, len(indices), max(1, batch_size)):
             chunk = indices[start : start + max(1, batch_size)]
-            texts = [requests[i].prompt_text or requests[i].prompt.text for i in chunk]
+            texts = [requests[i].text for i in chunk]
             seeds = [int(requests[i].params["seed"]) for i in chunk]
-            images = generator(gid).generate(texts, seeds)
+            extra = {} if stop_step is None else {"stop_step": stop_step}
+            images = generator(gid).generate(texts, seeds, **extra)
             for i, image in zip(chunk, images):
                 sha = put_image(store, image)
                 store.put_bytes(keys[i], json.dumps({"image_sha256": sha, "generator": gid}).encode())
@@ -142,7 +150,8 @@ def _generation_row(
     return {
         "prompt_id": request.prompt.prompt_id,
         "prompt": request.prompt.text,
-        "prompt_used": request.prompt_text or request.prompt.text,
+        "prompt_used": request.text,
+        "stop_step": request.stop_step,
         "category": request.prompt.category,
         "generator": request.generator_id,
         "model_revision": revisions[request.generator_id],
@@ -171,43 +180,94 @@ def degrade(store: Store, positive_sha: str, method: str) -> tuple[dict[str, Any
     return entry, False
 
 
+# AI-specific negatives rendered by the positive's own generator (paper 3.2.3), as
+# method -> aspect. Same generator and seed as the positive: only the prompt or the schedule differs.
+AI_SPECIFIC_METHODS = {
+    "degraded_prompt": "tec",     # explicitly degraded prompt -> low-fidelity structures
+    "premature_decode": "tec",    # intermediate latents decoded early
+    "appearance_prompt": "aes",   # prompt modified towards poor composition / colour
+    "variant_prompt": "ali",      # a prompt variant rendered, paired with the original prompt
+}
+FAMILIES = ("conventional", "ai_specific")
+
+
+def ai_specific_requests(
+    positive_requests: Sequence[GenerationRequest], premature_fraction: float = 0.34
+) -> list[tuple[GenerationRequest, str, dict[str, Any]]]:
+    """For every positive request: (request, method, params) of each AI-specific negative."""
+    out: list[tuple[GenerationRequest, str, dict[str, Any]]] = []
+    for request in positive_requests:
+        rng = np.random.default_rng(stable_seed(request.prompt.prompt_id, request.generator_id, "ai_specific"))
+        text = request.prompt.text
+        steps = int(request.params.get("steps") or 1)
+        variant = prompt_variant(request.prompt, rng)
+        out += [
+            (replace(request, prompt_text=degraded_prompt(text, rng)), "degraded_prompt", {}),
+            (replace(request, stop_step=max(1, round(steps * premature_fraction))), "premature_decode",
+             {"stop_step": max(1, round(steps * premature_fraction)), "steps": steps}),
+            (replace(request, prompt_text=aesthetic_degraded_prompt(text, rng)), "appearance_prompt", {}),
+            (replace(request, prompt_text=variant.text), "variant_prompt", {"variant_prompt_id": variant.prompt_id}),
+        ]
+    return out
+
+
+def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: str, params: dict[str, Any],
+                  image_sha: str | None, prompt_id: str | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """One negative. Alignment negatives are an (image, prompt) pair: image None means I+ itself."""
+    return {"positive_sha256": positive["image_sha256"], "prompt_id": positive["prompt_id"],
+            "generator": positive["generator"], "aspect": aspect, "family": family, "method": method,
+            "params": json.dumps(params, sort_keys=True, default=float), "image_sha256": image_sha,
+            "mismatched_prompt_id": prompt_id, "mismatched_prompt": prompt}
+
+
 def build_negatives(
     store: Store,
     positives: Sequence[dict[str, Any]],
     prompts: Sequence[Prompt],
     low_quality: Sequence[dict[str, Any]],
     seed: int,
+    ai_generated: Sequence[dict[str, Any]] = (),
     technical_methods: Iterable[str] = TECHNICAL_METHODS,
     aesthetic_methods: Iterable[str] = (AESTHETIC_EDIT_METHOD,),
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Negatives per positive: technical (conventional degradations), aesthetic (offline edit and
-    the era's low-quality generators, AI-specific), and alignment (a shuffled prompt, preferring
-    another category). Returns rows, created count, reused count."""
+    """Negatives per positive, tagged aspect x family x method x params:
+    conventional technical (repeated JPEG, Gaussian noise), conventional aesthetic (the editor),
+    conventional alignment (a shuffled prompt, preferring another category); AI-specific:
+    the era's low-quality generators (aes) and the rows of `ai_generated` (see AI_SPECIFIC_METHODS).
+    Returns rows, created count, reused count (degradations; generated images are counted upstream)."""
     by_id = {p.prompt_id: i for i, p in enumerate(prompts)}
     low_by_prompt: dict[str, list[dict[str, Any]]] = {}
     for row in low_quality:
         low_by_prompt.setdefault(row["prompt_id"], []).append(row)
+    ai_by_positive: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in ai_generated:
+        ai_by_positive.setdefault((row["prompt_id"], row["generator"]), []).append(row)
     rows: list[dict[str, Any]] = []
     created = reused = 0
     for positive in positives:
-        base = {"positive_sha256": positive["image_sha256"], "prompt_id": positive["prompt_id"], "generator": positive["generator"]}
         for method in [*technical_methods, *aesthetic_methods]:
             entry, was_cached = degrade(store, positive["image_sha256"], method)
             reused += was_cached
             created += not was_cached
             meta = DEGRADATIONS.meta(method)
-            rows.append({**base, "aspect": meta["aspect"], "family": meta["family"], "method": method,
-                         "params": json.dumps(entry["params"], sort_keys=True, default=float),
-                         "image_sha256": entry["image_sha256"], "mismatched_prompt_id": None, "mismatched_prompt": None})
+            rows.append(_negative_row(positive, meta["aspect"], meta["family"], method, entry["params"], entry["image_sha256"]))
         for low in low_by_prompt.get(positive["prompt_id"], []):
-            rows.append({**base, "aspect": "aes", "family": "ai_specific", "method": "low_quality_generator",
-                         "params": json.dumps({"generator": low["generator"], "seed": low["seed"], "steps": low["steps"]}),
-                         "image_sha256": low["image_sha256"], "mismatched_prompt_id": None, "mismatched_prompt": None})
+            rows.append(_negative_row(positive, "aes", "ai_specific", "low_quality_generator",
+                                      {"generator": low["generator"], "seed": low["seed"], "steps": low["steps"]},
+                                      low["image_sha256"]))
+        for generated in ai_by_positive.get((positive["prompt_id"], positive["generator"]), []):
+            method = generated["method"]
+            params = {"prompt_used": generated["prompt_used"], **json.loads(generated.get("method_params") or "{}")}
+            if AI_SPECIFIC_METHODS[method] == "ali":  # (I', p): the variant's image with the original prompt
+                rows.append(_negative_row(positive, "ali", "ai_specific", method, params, generated["image_sha256"],
+                                          positive["prompt_id"], positive["prompt"]))
+            else:
+                rows.append(_negative_row(positive, AI_SPECIFIC_METHODS[method], "ai_specific", method, params,
+                                          generated["image_sha256"]))
         rng = np.random.default_rng(stable_seed(seed, positive["image_sha256"], "shuffle"))
         other = mismatched_prompt(list(prompts), by_id[positive["prompt_id"]], rng)
-        rows.append({**base, "aspect": "ali", "family": "conventional", "method": "shuffled_prompt",
-                     "params": json.dumps({"seed": seed}), "image_sha256": None,
-                     "mismatched_prompt_id": other.prompt_id, "mismatched_prompt": other.text})
+        rows.append(_negative_row(positive, "ali", "conventional", "shuffled_prompt", {"seed": seed}, None,
+                                  other.prompt_id, other.text))
     for row in rows:
         row["negative_id"] = stable_hash(row["positive_sha256"], row["method"], row["image_sha256"], row["mismatched_prompt_id"], length=16)
     return rows, created, reused
@@ -226,19 +286,25 @@ def build_tuples(
     heldout_fraction: float,
     seed: int,
     tuples_per_positive: int,
+    families: Iterable[str] = FAMILIES,
+    exclude_methods: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """(I+, I-tec, I-aes, p, p-ali) rows, cycling through the available negative methods so that
-    every family and method is represented."""
+    every family and method is represented. `families` selects conventional-only / AI-specific-only
+    supervision (the ablation of Table 4); `exclude_methods` drops single methods."""
+    families, excluded = set(families), set(exclude_methods)
     by_positive: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in negatives:
-        by_positive.setdefault(row["positive_sha256"], {}).setdefault(row["aspect"], []).append(row)
+        if row["family"] in families and row["method"] not in excluded:
+            by_positive.setdefault(row["positive_sha256"], {}).setdefault(row["aspect"], []).append(row)
     heldout = heldout_prompt_ids((p["prompt_id"] for p in positives), heldout_fraction, seed)
     tuples = []
     for positive in positives:
         groups = by_positive.get(positive["image_sha256"], {})
         missing = [aspect for aspect in ("tec", "aes", "ali") if not groups.get(aspect)]
         if missing:
-            raise ValueError(f"positive {positive['image_sha256'][:12]} (prompt {positive['prompt_id']}) has no {missing} negatives")
+            raise ValueError(f"positive {positive['image_sha256'][:12]} (prompt {positive['prompt_id']}) has no "
+                             f"{missing} negatives in families {sorted(families)}")
         offset = stable_seed(seed, positive["image_sha256"])
         for k in range(tuples_per_positive):
             tec = groups["tec"][(offset + k) % len(groups["tec"])]
@@ -255,7 +321,10 @@ def build_tuples(
                 "tec_method": tec["method"], "tec_family": tec["family"],
                 "aes_negative_id": aes["negative_id"], "aes_sha256": aes["image_sha256"],
                 "aes_method": aes["method"], "aes_family": aes["family"],
-                "ali_negative_id": ali["negative_id"],
+                "ali_negative_id": ali["negative_id"], "ali_method": ali["method"], "ali_family": ali["family"],
+                # the alignment-negative pair (ali_sha256, mismatched_prompt): I+ with a shuffled
+                # prompt, or (AI-specific) a prompt variant's image with the original prompt
+                "ali_sha256": ali["image_sha256"] or positive["image_sha256"],
                 "mismatched_prompt_id": ali["mismatched_prompt_id"], "mismatched_prompt": ali["mismatched_prompt"],
             })
     return tuples
@@ -300,3 +369,23 @@ def generation_params(entry_params: dict[str, Any], defaults: dict[str, Any], pr
     params = {**defaults, **{k: v for k, v in entry_params.items() if k in GENERATION_PARAM_KEYS}}
     params["seed"] = stable_seed(prompt.text, int(params.get("seed", 0))) % (2**31)
     return params
+
+
+def preview_png(store: Store, positive: dict[str, Any], negatives: Sequence[dict[str, Any]], size: int = 128) -> bytes:
+    """A strip: the positive, then each image negative of it, labelled aspect/method."""
+    from PIL import ImageDraw
+
+    tiles = [(get_image(store, positive["image_sha256"]), "positive")]
+    tiles += [(get_image(store, n["image_sha256"]), f"{n['aspect']}/{n['method']}") for n in negatives if n["image_sha256"]]
+    strip = Image.new("RGB", (size * len(tiles), size + 14), "white")
+    draw = ImageDraw.Draw(strip)
+    for index, (image, label) in enumerate(tiles):
+        strip.paste(image.resize((size, size)), (index * size, 14))
+        draw.text((index * size + 2, 1), label[:22], fill="black")
+    return png_bytes(strip)
+
+
+def preview_markdown(png: bytes, prompt: str) -> str:
+    import base64
+
+    return f"Prompt: {prompt}\n\n![negatives of one positive](data:image/png;base64,{base64.b64encode(png).decode()})"

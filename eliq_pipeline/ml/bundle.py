@@ -1,0 +1,463 @@
+"""The trained critic as one artifact: ``ELIQScorer`` (paper 3.3.6, inference).
+
+A bundle folder holds everything that defines the critic except the base MLLM weights:
+
+    eliq_bundle.json   format version, base reference + fingerprint, hidden size, head config,
+                       adapter fingerprint, head checksum (what from_pretrained checks)
+    adapter/           the tuned backbone folder (peft LoRA + processor + eliq_backbone.json)
+    head/              the scoring head (gated fusion + QQT), safetensors + config.json
+    calibration.json   optional monotonic linear maps raw score -> MOS range for s_vis / s_ali
+
+The base is referenced, not copied (16 GB for the production backbone): a hub id or local path
+is loaded as recorded; the toy ``tiny:`` backbone is built in code, so its users pass the
+folder it was built into. ``from_pretrained`` / ``save_pretrained`` mirror diffusers (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eliq_pipeline.ml.backbone import backbone_fingerprint
+from eliq_pipeline.ml.benchmark_inputs import NEUTRAL_PROMPT
+from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
+from eliq_pipeline.ml.instruction_tuning import (
+    TUNED_META_FILE,
+    adapter_fingerprint,
+    load_tuned_backbone,
+    read_tuned_meta,
+)
+from eliq_pipeline.ml.scorer import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ELIQScoringHead,
+    LinearCalibration,
+    load_scoring_head,
+    save_scoring_head,
+    score_embeddings,
+)
+
+BUNDLE_META_FILE = "eliq_bundle.json"
+BUNDLE_FORMAT = "eliq-scorer-bundle"
+BUNDLE_VERSION = 1
+ADAPTER_DIR = "adapter"
+HEAD_DIR = "head"
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FORMAT = "eliq-calibration"
+
+# Files of a stored directory artifact that are not part of its content (the artifact store's
+# per-upload completion marker); they must not travel into a bundle.
+_NOT_CONTENT = ("_COMPLETE",)
+
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+def has_prompt(prompt: str | None) -> bool:
+    """Blank prompts (an empty CSV cell) count as no prompt: no alignment score is reported."""
+    return isinstance(prompt, str) and bool(prompt.strip())
+
+
+def backbone_hidden_size(base: str) -> int:
+    """The LLM hidden size h of a backbone, read from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base)
+    text = getattr(config, "text_config", None) or config
+    return int(text.hidden_size)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_hidden_size(head_hidden: int, base_label: str, base_hidden: int) -> None:
+    if head_hidden != base_hidden:
+        raise ValueError(
+            f"bundle head expects hidden size {head_hidden} but backbone {base_label} has {base_hidden}; "
+            "the head was trained on another backbone's embeddings"
+        )
+
+
+def _check_base_fingerprint(recorded: str | None, base: str, where: str) -> str | None:
+    """Refuse a base that is provably not the one the adapter was trained on.
+
+    Fingerprints of the same kind (two folder hashes, or two hub commits) must match. A hub id
+    against a local mirror cannot be compared without the hub's file hashes, so that case (and
+    an unrecorded fingerprint) only warns: refusing it would block the documented offline use.
+    Returns the base's fingerprint (None when it cannot be computed here, e.g. offline hub id).
+    """
+    try:
+        actual = backbone_fingerprint(base)
+    except Exception as exc:  # hub lookups fail in many ways offline; this check is best-effort
+        warnings.warn(f"cannot fingerprint backbone {base!r} ({exc}); base of {where} not verified", stacklevel=3)
+        return None
+    if recorded is None or recorded == actual:
+        return actual
+    if recorded.split(":", 1)[0] == actual.split(":", 1)[0]:
+        raise ValueError(
+            f"the adapter in {where} was trained on base {recorded}, but backbone {base!r} is {actual}; "
+            "pass the base it was trained on (or verify_base=False to skip this check)"
+        )
+    warnings.warn(
+        f"backbone {base!r} ({actual}) cannot be compared with the base the adapter in {where} was "
+        f"trained on ({recorded}); make sure they hold the same weights",
+        stacklevel=3,
+    )
+    return actual
+
+
+def resolve_base(base_ref: str, base_override: str | None, where: str) -> str:
+    """The loadable base: the override, else the recorded hub id or local path."""
+    if base_override:
+        return str(base_override)
+    if base_ref.startswith("tiny:"):
+        raise ValueError(
+            f"{where} was trained on the toy backbone {base_ref!r}, which is built in code and not "
+            "stored in the bundle; pass base_override (CLI: --base) with the folder it was built "
+            "into, e.g. $ELIQ_HOME/models/tiny-qwen3-vl-0"
+        )
+    # A hub id is "org/name"; anything else shaped like a path must exist here.
+    looks_like_path = base_ref.startswith(("/", ".", "~")) or base_ref.count("/") > 1
+    if looks_like_path and not Path(base_ref).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"{where} records its base backbone at {base_ref}, which does not exist on this machine; "
+            "pass base_override (CLI: --base) with a copy of that backbone"
+        )
+    return base_ref
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Optional post-hoc maps for the two scores (paper 3.3.6); each is rank-preserving."""
+
+    s_vis: LinearCalibration | None = None
+    s_ali: LinearCalibration | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.s_vis is None and self.s_ali is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CALIBRATION_FORMAT,
+            "format_version": 1,
+            "s_vis": None if self.s_vis is None else self.s_vis.to_dict(),
+            "s_ali": None if self.s_ali is None else self.s_ali.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "calibration") -> Calibration:
+        if data.get("format") != CALIBRATION_FORMAT:
+            raise ValueError(f"{where} is not an ELIQ calibration file (format {data.get('format')!r})")
+        parts = {key: (LinearCalibration.from_dict(data[key]) if data.get(key) else None) for key in ("s_vis", "s_ali")}
+        return cls(**parts)
+
+
+# ------------------------------------------------------------------------------ writing a bundle
+
+
+def _write_bundle(
+    out_dir: Path,
+    adapter_dir: Path,
+    head: ELIQScoringHead,
+    base_ref: str,
+    base_fingerprint: str | None,
+    calibration: Calibration,
+    provenance: dict[str, Any] | None,
+) -> Path:
+    """Stage the whole folder next to ``out_dir`` and rename it into place (crash-safe)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / BUNDLE_META_FILE).is_file())):
+        # Replacing means deleting; never delete something that is not a bundle (e.g. --out ~).
+        raise ValueError(f"refusing to overwrite {out_dir}: it exists and is not an ELIQ bundle")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        shutil.copytree(adapter_dir, staging / ADAPTER_DIR, ignore=shutil.ignore_patterns(*_NOT_CONTENT))
+        save_scoring_head(head, head.config, staging / HEAD_DIR)
+        if not calibration.empty:
+            (staging / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=2, sort_keys=True) + "\n")
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "base_ref": base_ref,
+            "base_fingerprint": base_fingerprint,
+            "hidden_size": head.config.hidden_size,
+            "head_config": head.config.to_dict(),
+            "adapter_fingerprint": adapter_fingerprint(staging / ADAPTER_DIR),
+            "head_sha256": _file_sha256(staging / HEAD_DIR / WEIGHTS_NAME),
+            "neutral_prompt": NEUTRAL_PROMPT,
+            "provenance": provenance or {},
+        }
+        # Written last: a folder with eliq_bundle.json always has every part it describes.
+        (staging / BUNDLE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def export_bundle(
+    adapter_dir: Path,
+    head_dir: Path,
+    out_dir: Path,
+    base: str | None = None,
+    calibration: Calibration | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Assemble a bundle from saved parts (an era's tuned_mllm and qqt_model) without loading the
+    backbone weights: only its config (hidden size) and fingerprint are read.
+
+    ``base`` is the loadable base the adapter was trained on (required for ``tiny:`` refs); it
+    is validated but not recorded, the adapter's own base reference is.
+    """
+    adapter_dir, head_dir = Path(adapter_dir), Path(head_dir)
+    meta = read_tuned_meta(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; not a saved peft adapter")
+    head, _ = load_scoring_head(head_dir)
+    base_ref = str(meta["base_ref"])
+    resolved = resolve_base(base_ref, base, f"adapter {adapter_dir}")
+    _check_hidden_size(head.config.hidden_size, resolved, backbone_hidden_size(resolved))
+    recorded = meta.get("base_fingerprint")
+    actual = _check_base_fingerprint(recorded, resolved, str(adapter_dir))
+    return _write_bundle(out_dir, adapter_dir, head, base_ref, recorded or actual, calibration or Calibration(), provenance)
+
+
+# ------------------------------------------------------------------------------ the scorer
+
+
+class ELIQScorer:
+    """Tuned MLLM + scoring head (+ optional calibration): images and prompts -> (s_vis, s_ali).
+
+    Scoring is deterministic (eval mode, no sampling). Batches are left-padded, so a row's score
+    does not depend on its batch except for float32 rounding: padding changes the reduction
+    length inside attention and matmuls, which moves embeddings by ~1e-6 and scores by ~1e-7
+    (tests hold batch sizes 1, 3 and 7 to 1e-5).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        head: ELIQScoringHead,
+        adapter_dir: Path,
+        base_ref: str,
+        base_fingerprint: str | None,
+        calibration: Calibration | None = None,
+        device: str = "cpu",
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        trunk_config = getattr(model, "config", None)
+        text = getattr(trunk_config, "text_config", None) or trunk_config
+        if text is not None and hasattr(text, "hidden_size"):
+            _check_hidden_size(head.config.hidden_size, base_ref, int(text.hidden_size))
+        self.model = model
+        self.processor = processor
+        self.head = head.eval()  # the head always runs on CPU: it is tiny next to the backbone
+        self.adapter_dir = Path(adapter_dir)
+        self.base_ref = base_ref
+        self.base_fingerprint = base_fingerprint
+        self.calibration = calibration or Calibration()
+        self.device = device
+        self.provenance = dict(provenance or {})
+        self.model.eval()
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_parts(
+        cls,
+        adapter_dir: str | Path,
+        head: ELIQScoringHead | str | Path,
+        base_override: str | None = None,
+        device: str = "cpu",
+        calibration: Calibration | None = None,
+        verify_base: bool = True,
+    ) -> ELIQScorer:
+        """Load a tuned backbone folder and a scoring head (object or saved folder)."""
+        adapter_dir = Path(adapter_dir)
+        meta = read_tuned_meta(adapter_dir)
+        if not isinstance(head, ELIQScoringHead):
+            head = load_scoring_head(head)[0]
+        base_ref = str(meta["base_ref"])
+        resolved = resolve_base(base_ref, base_override, f"adapter {adapter_dir}")
+        # Fail before loading any weights: the config alone tells the hidden size.
+        _check_hidden_size(head.config.hidden_size, resolved, backbone_hidden_size(resolved))
+        recorded = meta.get("base_fingerprint")
+        actual = _check_base_fingerprint(recorded, resolved, str(adapter_dir)) if verify_base else None
+        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device)
+        return cls(model, processor, head, adapter_dir, base_ref, recorded or actual, calibration, device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        bundle_dir: str | Path,
+        base_override: str | None = None,
+        device: str = "cpu",
+        verify_base: bool = True,
+    ) -> ELIQScorer:
+        """Load a folder written by :meth:`save_pretrained` or :func:`export_bundle`.
+
+        ``base_override`` points at the base elsewhere (a local mirror of the hub id, or the
+        folder a ``tiny:`` backbone was built into). Every part is checked against
+        ``eliq_bundle.json`` before the backbone weights are loaded.
+        """
+        root = Path(bundle_dir)
+        meta = read_bundle_meta(root)
+        adapter_dir, head_dir = root / ADAPTER_DIR, root / HEAD_DIR
+        for required in (adapter_dir / TUNED_META_FILE, adapter_dir / "adapter_config.json",
+                         head_dir / CONFIG_NAME, head_dir / WEIGHTS_NAME):
+            if not required.is_file():
+                raise FileNotFoundError(f"bundle {root} is incomplete: {required.relative_to(root)} is missing")
+        head, head_cfg = load_scoring_head(head_dir)
+        base_ref = str(meta["base_ref"])
+        resolved = resolve_base(base_ref, base_override, f"bundle {root}")
+        _check_hidden_size(head_cfg.hidden_size, resolved, backbone_hidden_size(resolved))
+        if head_cfg.hidden_size != meta["hidden_size"] or head_cfg.to_dict() != meta["head_config"]:
+            raise ValueError(f"bundle {root}: head/ does not match the head config recorded in {BUNDLE_META_FILE}")
+        if _file_sha256(head_dir / WEIGHTS_NAME) != meta["head_sha256"]:
+            raise ValueError(f"bundle {root}: head/{WEIGHTS_NAME} was modified after the bundle was written")
+        found = adapter_fingerprint(adapter_dir)
+        if found != meta["adapter_fingerprint"]:
+            raise ValueError(
+                f"bundle {root}: adapter/ has fingerprint {found} but the bundle was written with "
+                f"{meta['adapter_fingerprint']}; its parts were mixed up or modified"
+            )
+        adapter_meta = read_tuned_meta(adapter_dir)
+        if adapter_meta.get("base_fingerprint") not in (None, meta["base_fingerprint"]):
+            raise ValueError(
+                f"bundle {root}: the adapter was recorded for base {adapter_meta['base_fingerprint']} "
+                f"but the bundle for {meta['base_fingerprint']}"
+            )
+        if verify_base:
+            _check_base_fingerprint(meta["base_fingerprint"], resolved, f"bundle {root}")
+        calibration = Calibration()
+        if (root / CALIBRATION_FILE).is_file():
+            calibration = Calibration.from_dict(json.loads((root / CALIBRATION_FILE).read_text()), str(root / CALIBRATION_FILE))
+        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device)
+        return cls(model, processor, head, adapter_dir, base_ref, meta["base_fingerprint"], calibration, device,
+                   meta.get("provenance"))
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write a self-contained bundle folder (atomically; an existing bundle is replaced)."""
+        return _write_bundle(Path(out_dir), self.adapter_dir, self.head, self.base_ref, self.base_fingerprint,
+                             self.calibration, self.provenance)
+
+    # ---------------------------------------------------------------- scoring
+
+    @property
+    def hidden_size(self) -> int:
+        return self.head.config.hidden_size
+
+    def embed(
+        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_tec, z_aes, z_ali, each [n, h]. One aspect at a time: rows of a batch then share
+        their instruction, so left padding (wasted compute) is only the image/prompt difference."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        n = len(images)
+        # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15).
+        ali_prompts = [prompt if has_prompt(prompt) else NEUTRAL_PROMPT for prompt in prompts]
+        z_tec, z_aes, z_ali = (
+            extract_aspect_embeddings(self.model, self.processor, images, [aspect] * n,
+                                      ali_prompts if aspect == "ali" else [None] * n,
+                                      batch_size=batch_size, device=self.device)
+            for aspect in ("tec", "aes", "ali")
+        )
+        return z_tec, z_aes, z_ali
+
+    def raw_scores(
+        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated (s_vis, s_ali) for every row, s_ali also for prompt-less rows."""
+        if not images:
+            return np.zeros(0), np.zeros(0)
+        return score_embeddings(self.head, *self.embed(images, prompts, batch_size))
+
+    def score(
+        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+    ) -> list[tuple[float, float | None]]:
+        """(s_vis, s_ali) per image, calibrated when a calibration is set; s_ali is None for
+        images without a prompt (their alignment branch saw only the neutral caption)."""
+        s_vis, s_ali = self.raw_scores(images, prompts, batch_size)
+        if self.calibration.s_vis is not None:
+            s_vis = self.calibration.s_vis(s_vis)
+        if self.calibration.s_ali is not None:
+            s_ali = self.calibration.s_ali(s_ali)
+        return [
+            (float(vis), float(ali) if has_prompt(prompt) else None)
+            for vis, ali, prompt in zip(s_vis, s_ali, prompts)
+        ]
+
+    def calibrate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str | None],
+        mos_quality: Sequence[float],
+        mos_align: Sequence[float | None] | None = None,
+        batch_size: int = 8,
+    ) -> Calibration:
+        """Fit the monotonic linear maps on a small labelled split (paper 3.3.6) and keep them.
+
+        s_vis is fitted on every row; s_ali only on rows with a prompt and a finite alignment
+        MOS. Rank order is unchanged (positive slope), so SRCC/KRCC are unaffected.
+        """
+        if len(mos_quality) != len(images) or (mos_align is not None and len(mos_align) != len(images)):
+            raise ValueError("images, prompts and MOS lists must have the same length")
+        raw_vis, raw_ali = self.raw_scores(images, prompts, batch_size)
+        s_vis = LinearCalibration.fit(raw_vis, np.asarray(mos_quality, dtype=np.float64))
+        s_ali = None
+        if mos_align is not None:
+            keep = [i for i, (prompt, mos) in enumerate(zip(prompts, mos_align))
+                    if has_prompt(prompt) and mos is not None and np.isfinite(mos)]
+            s_ali = LinearCalibration.fit(raw_ali[keep], np.asarray([mos_align[i] for i in keep], dtype=np.float64))
+        self.calibration = Calibration(s_vis=s_vis, s_ali=s_ali)
+        return self.calibration
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what produces the scores: adapter, head weights, calibration."""
+        digest = hashlib.sha256()
+        digest.update(adapter_fingerprint(self.adapter_dir).encode())
+        for tensor_name, tensor in sorted(self.head.state_dict().items()):
+            digest.update(tensor_name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(json.dumps(self.calibration.to_dict(), sort_keys=True).encode())
+        return "eliq-bundle-sha256:" + digest.hexdigest()
+
+
+def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    root = Path(bundle_dir)
+    path = root / BUNDLE_META_FILE
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundle folder {root} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{root} is not an ELIQ scorer bundle (no {BUNDLE_META_FILE})")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not an ELIQ scorer bundle (format {meta.get('format')!r})")
+    if meta.get("format_version") != BUNDLE_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {meta.get('format_version')!r} (this code reads {BUNDLE_VERSION})")
+    return meta

@@ -1,0 +1,390 @@
+"""`eliq score` (score images with an exported critic bundle) and `eliq export` (bundle an era).
+
+`eliq score` is built for long unattended runs: one unreadable image becomes an error row instead
+of stopping the run, the output file is rewritten atomically after every chunk, and a rerun keeps
+the rows already scored (by image + prompt) and scores only the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+OUTPUT_COLUMNS: tuple[str, ...] = ("image", "prompt", "s_vis", "s_ali", "error")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+class Scorer(Protocol):
+    """What `score_items` needs: ELIQScorer, or a test double."""
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str | None], batch_size: int = 8) -> list[tuple[float, float | None]]: ...
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One row to score: ``image`` as written to the output, ``path`` the file actually read."""
+
+    image: str
+    path: Path | None
+    prompt: str | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return _row_key(self.image, self.prompt)
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    scored: int  # rows scored in this run (errors included)
+    errors: int  # rows of this run with an error
+    kept: int  # rows kept from an earlier run
+    total: int  # rows now in the output file
+
+
+def _row_key(image: str, prompt: str | None) -> tuple[str, str]:
+    # Blank and missing prompts are the same input (both get s_vis only).
+    return image, (prompt or "").strip()
+
+
+def _clean_prompt(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def read_inputs(source: Path, image_column: str = "image", prompt_column: str = "prompt") -> list[ScoreItem]:
+    """Rows to score from a folder of images (no prompts) or a CSV, in order, duplicates dropped.
+
+    Folder: every image file below it (hidden files skipped), named by relative path. CSV:
+    ``image_column`` is required, ``prompt_column`` optional; relative image paths resolve
+    against the CSV's folder and are written to the output as given.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(
+            p for p in source.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+        items = [ScoreItem(p.relative_to(source).as_posix(), p, None) for p in files]
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        items = _read_csv_inputs(source, image_column, prompt_column)
+    elif not source.exists():
+        raise FileNotFoundError(f"input {source} does not exist")
+    else:
+        raise ValueError(f"input {source} must be a folder of images or a .csv file")
+    unique: dict[tuple[str, str], ScoreItem] = {}
+    for item in items:
+        unique.setdefault(item.key, item)
+    return list(unique.values())
+
+
+def _read_csv_inputs(path: Path, image_column: str, prompt_column: str) -> list[ScoreItem]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if image_column not in columns:
+            raise ValueError(
+                f"{path} has no {image_column!r} column (columns: {', '.join(columns) or 'none'}); "
+                "it needs one image path per row"
+            )
+        rows = list(reader)
+    items = []
+    for row in rows:
+        value = (row.get(image_column) or "").strip()
+        resolved = (path.parent / Path(value).expanduser()) if value else None
+        items.append(ScoreItem(value, resolved, _clean_prompt(row.get(prompt_column))))
+    return items
+
+
+# ------------------------------------------------------------------------------ output file
+
+
+def _check_output_path(path: Path) -> None:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"output {path} must end in .csv or .parquet")
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return None if number != number else number  # NaN (e.g. from a parquet reader) -> missing
+
+
+def read_output(path: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier `eliq score` output (csv or parquet), typed like fresh rows."""
+    path = Path(path)
+    _check_output_path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns, raw = table.column_names, table.to_pylist()
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns, raw = list(reader.fieldnames or []), list(reader)
+    if tuple(columns) != OUTPUT_COLUMNS:
+        raise ValueError(
+            f"{path} exists but is not an `eliq score` output (columns {columns}, expected "
+            f"{list(OUTPUT_COLUMNS)}); choose another --out or remove it"
+        )
+    return [
+        {
+            "image": str(row["image"]),
+            "prompt": _clean_prompt(row["prompt"]),
+            "s_vis": _float_or_none(row["s_vis"]),
+            "s_ali": _float_or_none(row["s_ali"]),
+            "error": row["error"] or None,
+        }
+        for row in raw
+    ]
+
+
+def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write every row to a temp file next to ``path``, then rename: readers (and a rerun after
+    a crash) only ever see a complete file."""
+    path = Path(path)
+    _check_output_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        if path.suffix.lower() == ".parquet":
+            os.close(fd)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.schema([("image", pa.string()), ("prompt", pa.string()), ("s_vis", pa.float64()),
+                                ("s_ali", pa.float64()), ("error", pa.string())])
+            table = pa.Table.from_pylist([{c: row[c] for c in OUTPUT_COLUMNS} for row in rows], schema=schema)
+            pq.write_table(table, tmp)
+        else:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(OUTPUT_COLUMNS)
+                for row in rows:
+                    # repr of a float round-trips exactly; None is an empty cell.
+                    writer.writerow(["" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                                     for c in OUTPUT_COLUMNS])
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def _load(item: ScoreItem) -> Any:
+    from eliq_pipeline.ml.images import load_image
+
+    if item.path is None:
+        raise ValueError("no image path given")
+    if not item.path.is_file():
+        raise FileNotFoundError(f"image file not found: {item.path}")
+    return load_image(item.path)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, (FileNotFoundError, ValueError)) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())  # one line per row, whatever the exception printed
+
+
+def _row(item: ScoreItem, s_vis: float | None = None, s_ali: float | None = None, error: str | None = None) -> dict[str, Any]:
+    return {"image": item.image, "prompt": item.prompt, "s_vis": s_vis, "s_ali": s_ali, "error": error}
+
+
+def _score_batch(scorer: Scorer, batch: Sequence[ScoreItem], batch_size: int) -> list[dict[str, Any]]:
+    """Rows for one batch: unreadable images get an error row, the others are scored together.
+    Should the batch fail inside the model, each image is retried alone so only the image at
+    fault is marked."""
+    loaded: dict[int, Any] = {}
+    rows: list[dict[str, Any] | None] = [None] * len(batch)
+    for i, item in enumerate(batch):
+        try:
+            loaded[i] = _load(item)
+        except Exception as exc:  # any unreadable file is that row's problem, not the run's
+            rows[i] = _row(item, error=_error_text(exc))
+    order = sorted(loaded)
+    try:
+        scores = scorer.score([loaded[i] for i in order], [batch[i].prompt for i in order], batch_size=batch_size) if order else []
+        for i, (s_vis, s_ali) in zip(order, scores):
+            rows[i] = _row(batch[i], s_vis, s_ali)
+    except Exception:
+        for i in order:
+            try:
+                (s_vis, s_ali), = scorer.score([loaded[i]], [batch[i].prompt], batch_size=1)
+                rows[i] = _row(batch[i], s_vis, s_ali)
+            except Exception as exc:
+                rows[i] = _row(batch[i], error=_error_text(exc))
+    return [row for row in rows if row is not None]
+
+
+def score_items(
+    scorer: Scorer,
+    items: Sequence[ScoreItem],
+    out: Path,
+    batch_size: int = 8,
+    flush_every: int = 256,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ScoreSummary:
+    """Score ``items`` into ``out``, resuming from what ``out`` already holds.
+
+    Rows already in ``out`` without an error are kept and not rescored; rows with an error are
+    retried (the file may have been fixed since). The file is rewritten after every
+    ``flush_every`` images, so an interrupted run loses at most one chunk of work.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or flush_every < 1:
+        raise ValueError("--batch-size and --flush-every must be >= 1")
+    out = Path(out)
+    _check_output_path(out)
+    say = log or (lambda message: None)
+    previous = read_output(out) if out.exists() else []
+    wanted = {item.key for item in items}
+    # Error rows of this input are retried; everything else already in the file stays as it is.
+    kept = [row for row in previous if not (row["error"] and _row_key(row["image"], row["prompt"]) in wanted)]
+    done = {_row_key(row["image"], row["prompt"]) for row in kept}
+    todo = [item for item in items if item.key not in done]
+    if previous:
+        say(f"{out}: keeping {len(kept)} rows, retrying {len(previous) - len(kept)} error rows, "
+            f"{len(todo)} images to score")
+    results = list(kept)
+    errors = 0
+    with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress, file=sys.stderr) as bar:
+        for chunk_start in range(0, len(todo), flush_every):
+            chunk = todo[chunk_start : chunk_start + flush_every]
+            for start in range(0, len(chunk), batch_size):
+                rows = _score_batch(scorer, chunk[start : start + batch_size], batch_size)
+                errors += sum(1 for row in rows if row["error"])
+                results.extend(rows)
+                bar.update(len(rows))
+            write_output(out, results)
+    if not todo:
+        write_output(out, results)  # nothing to score; still leave a valid (possibly empty) file
+    return ScoreSummary(scored=len(todo), errors=errors, kept=len(kept), total=len(results))
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from eliq_pipeline.ml.bundle import ELIQScorer
+
+    out = Path(args.out)
+    _check_output_path(out)
+    items = read_inputs(Path(args.input), args.image_column, args.prompt_column)
+    scorer = ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device)
+    summary = score_items(scorer, items, out, batch_size=args.batch_size, flush_every=args.flush_every,
+                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(f"scored {summary.scored} images ({summary.errors} with errors), kept {summary.kept} from an "
+          f"earlier run; {summary.total} rows in {out}")
+    return 0
+
+
+def _era_provenance(era: str, head_dir: Path, profile: Any) -> dict[str, Any]:
+    provenance: dict[str, Any] = {"era": era, "profile": profile.profile, "backbone": profile.settings().backbone}
+    report = head_dir / "training_report.json"
+    if report.is_file():
+        data = json.loads(report.read_text())
+        provenance.update(heldout_accuracy=data.get("heldout_accuracy"), best_epoch=data.get("best_epoch"))
+    namespace = head_dir / "embedding_namespace.json"
+    if namespace.is_file():
+        provenance["embedding_namespace"] = json.loads(namespace.read_text()).get("namespace")
+    return provenance
+
+
+def export_era(era: str, out: Path, env: dict[str, str] | None = None) -> Path:
+    """Bundle an era's tuned_mllm + qqt_model from the artifact store configured by ``env``."""
+    from eliq_pipeline.assets.common import era_key
+    from eliq_pipeline.assets.critic import resolve_backbone
+    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.ml.bundle import export_bundle
+
+    resources = resources_from_env(env)
+    store, profile = resources["artifacts"].store(), resources["profile"]
+    missing = [part for part in ("tuned_mllm", "qqt_model") if not store.dir_exists(era_key(era, part))]
+    if missing:
+        raise FileNotFoundError(
+            f"era {era!r} has no {' and no '.join(missing)} in the artifact store "
+            f"({store.describe(era_key(era, ''))}); materialize it first: eliq materialize --era {era}"
+        )
+    adapter_dir = store.get_dir(era_key(era, "tuned_mllm"))
+    head_dir = store.get_dir(era_key(era, "qqt_model"))
+    return export_bundle(adapter_dir, head_dir, Path(out), base=resolve_backbone(profile),
+                         provenance=_era_provenance(era, head_dir, profile))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = export_era(args.era, Path(args.out))
+    from eliq_pipeline.ml.bundle import read_bundle_meta
+
+    base_ref = read_bundle_meta(out)["base_ref"]
+    hint = " --base <folder of that backbone>" if base_ref.startswith("tiny:") else ""
+    print(f"wrote the ELIQ scorer bundle of era {args.era} to {out} (base {base_ref})\n"
+          f"score with: eliq score --bundle {out} --input <folder|csv> --out scores.csv{hint}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `score` and `export` to an argparse subparsers object (the `eliq` command's)."""
+    score = subparsers.add_parser(
+        "score", help="score images (folder or CSV) with an exported critic bundle",
+        description="Score images with an ELIQ bundle. Output columns: image, prompt, s_vis, s_ali, "
+                    "error. Rerunning with the same --out keeps rows already scored.")
+    score.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `eliq export`")
+    score.add_argument("--input", required=True, type=Path,
+                       help="a folder of images (no prompts) or a CSV with an image column and optional prompt column")
+    score.add_argument("--out", required=True, type=Path, help="output .csv or .parquet (resumed if it exists)")
+    score.add_argument("--batch-size", type=int, default=8, help="rows per backbone forward pass (default 8)")
+    score.add_argument("--base", default=None,
+                       help="base backbone folder or hub id overriding the bundle's (required for tiny bundles)")
+    score.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    score.add_argument("--flush-every", type=int, default=256,
+                       help="rewrite the output after this many images (default 256)")
+    score.add_argument("--image-column", default="image", help="CSV column with image paths (default image)")
+    score.add_argument("--prompt-column", default="prompt", help="CSV column with prompts (default prompt)")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.set_defaults(func=run_score)
+
+    export = subparsers.add_parser("export", help="bundle a materialized era's critic into one folder",
+                                   description="Write the ELIQ scorer bundle (adapter + scoring head) of an era "
+                                               "from the artifact store configured by ELIQ_* variables.")
+    export.add_argument("--era", required=True, help="a materialized era")
+    export.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced if it is a bundle)")
+    export.set_defaults(func=run_export)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Standalone entry (`python -m eliq_pipeline.score_cli score ...`), same errors as `eliq`."""
+    parser = argparse.ArgumentParser(prog="eliq", description="score images / export a critic bundle")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"eliq: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
