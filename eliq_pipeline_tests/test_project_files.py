@@ -22,7 +22,7 @@ def test_dagster_yaml_is_a_valid_instance_with_one_gpu_slot_and_no_telemetry(tmp
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         assert (tmp_path / "storage").is_dir()
     assert {a.key.to_user_string() for a in ELIQ_ASSETS if a.op.pool == "gpu"} == {
-        "positive_images", "tuned_mllm", "aspect_embeddings"}
+        "positive_images", "negative_images", "tuned_mllm", "aspect_embeddings"}
 
 
 def test_workspace_points_at_the_code_location():

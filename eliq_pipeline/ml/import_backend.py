@@ -211,7 +211,9 @@ class ImportGenerator:
         self.max_pixels = int(options.get("max_pixels") or Image.MAX_IMAGE_PIXELS or 64_000_000)
         self.on_duplicate = str(options.get("on_duplicate", "error"))
         if self.on_duplicate not in ("error", "first"):
-            raise ValueError(f"generator {spec.id!r}: on_duplicate must be 'error' or 'first', got {self.on_duplicate!r}")
+            raise ValueError(
+                f"generator {spec.id!r}: on_duplicate must be 'error' or 'first', got {self.on_duplicate!r}"
+            )
         self.strict = bool(options.get("strict", False))
         manifest_name = str(options.get("manifest", DEFAULT_MANIFEST))
 
@@ -260,7 +262,8 @@ class ImportGenerator:
         unknown = set(options) - IMPORT_OPTIONS
         if unknown:
             raise ValueError(
-                f"generator {spec.id!r}: unknown import option(s) {sorted(unknown)}; known: {', '.join(sorted(IMPORT_OPTIONS))}"
+                f"generator {spec.id!r}: unknown import option(s) {sorted(unknown)}; "
+                f"known: {', '.join(sorted(IMPORT_OPTIONS))}"
             )
         return options
 
@@ -298,7 +301,8 @@ class ImportGenerator:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ManifestError(
-                f"{where}: not UTF-8 at byte offset {exc.start} (byte 0x{raw[exc.start]:02x}); save the manifest as UTF-8"
+                f"{where}: not UTF-8 at byte offset {exc.start} (byte 0x{raw[exc.start]:02x}); "
+                "save the manifest as UTF-8"
             ) from exc
         reader = csv.reader(io.StringIO(text, newline=""))
         try:
