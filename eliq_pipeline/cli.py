@@ -21,7 +21,7 @@ def _eras_list(args: argparse.Namespace) -> int:
     print(f"{'era':<16} {'seed':>4}  {'positive generators':<28} {'low-quality':<16} {'editor':<10} status")
     for era in registry.eras:
         print(f"{era.name:<16} {era.seed:>4}  {','.join(era.positive_generators):<28} "
-              f"{','.join(era.low_quality_generators) or '-':<16} {era.editor:<10} {(status or {}).get(era.name, unknown)}")
+              f"{','.join(era.low_quality_generators) or '-':<16} {era.editor_for(os.environ.get('ELIQ_PROFILE', 'tiny')):<10} {(status or {}).get(era.name, unknown)}")
     return 0
 
 
@@ -83,6 +83,32 @@ def _print_report(era: str | None, fmt: str, out) -> None:
         print("| " + " | ".join(cells) + " |", file=out)
 
 
+def _supervision(args: argparse.Namespace) -> int:
+    """Counts per family x aspect x method of an era's negatives (and its tuples), from the store."""
+    import json
+
+    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.ml.supervision import count_by
+
+    store = resources_from_env()["artifacts"].store()
+    key = f"eras/{args.era}/negative_images.parquet"
+    if not store.exists(key):
+        raise FileNotFoundError(f"era {args.era!r} has no materialized negative_images ({store.describe(key)})")
+    negatives = store.get_table(key).to_pylist()
+    tuples_key = f"eras/{args.era}/comparison_tuples.parquet"
+    tuples = store.get_table(tuples_key).to_pylist() if store.exists(tuples_key) else []
+    counts = count_by(negatives, "family", "aspect", "method")
+    if args.format == "json":
+        print(json.dumps({"era": args.era, "negatives": counts, "tuples": count_by(tuples, "split")}, indent=2))
+        return 0
+    print(f"era {args.era}: {len(negatives)} negatives, {len(tuples)} tuples {count_by(tuples, 'split')}")
+    print(f"{'family':<14} {'aspect':<7} {'method':<24} {'count':>6}")
+    for key_, count in counts.items():
+        family, aspect, method = key_.split("/")
+        print(f"{family:<14} {aspect:<7} {method:<24} {count:>6}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as handle:
@@ -113,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--force", action="store_true", help="re-materialize even if up to date")
     materialize.add_argument("--eras", type=Path, default=None, help="era registry file (default: $ELIQ_ERAS or eras.yaml)")
     materialize.set_defaults(func=_materialize)
+
+    supervision = commands.add_parser("supervision", help="what an era's supervision is made of")
+    supervision.add_argument("--era", required=True)
+    supervision.add_argument("--format", choices=("table", "json"), default="table")
+    supervision.set_defaults(func=_supervision)
 
     report = commands.add_parser("report", help="print the benchmark scores of every era")
     report.add_argument("--era")

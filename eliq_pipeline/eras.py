@@ -44,12 +44,15 @@ class Era:
     name: str
     positive_generators: tuple[str, ...]
     low_quality_generators: tuple[str, ...]
-    editor: str
+    editor: dict[str, str]  # profile -> "offline" or an editing generator id
     seed: int
+
+    def editor_for(self, profile: str) -> str:
+        return self.editor.get(profile, OFFLINE_EDITOR)
 
     def fingerprint(self, catalog: dict[str, GeneratorEntry]) -> str:
         """Hash of everything that defines this era's outputs (used to decide 'up to date')."""
-        used = sorted(set(self.positive_generators) | set(self.low_quality_generators) | {self.editor})
+        used = sorted(set(self.positive_generators) | set(self.low_quality_generators) | set(self.editor.values()))
         payload = {"era": asdict(self), "generators": {g: asdict(catalog[g]) for g in used if g in catalog}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -154,9 +157,18 @@ def _parse_era(path: Path, index: int, raw: Any, catalog: dict[str, GeneratorEnt
 
     positives = generator_list("positive_generators", required=True)
     low_quality = generator_list("low_quality_generators", required=False)
-    editor = _expect(path, f"{where}.editor", raw.get("editor", OFFLINE_EDITOR), str, "editor")
-    if editor != OFFLINE_EDITOR and editor not in catalog:
-        raise _fail(path, f"{where}.editor", f"unknown editor {editor!r}: use {OFFLINE_EDITOR!r} or a generator id")
+    editor_raw = raw.get("editor", OFFLINE_EDITOR)
+    if isinstance(editor_raw, dict):
+        bad = set(editor_raw) - set(PROFILES)
+        if bad:
+            raise _fail(path, f"{where}.editor", f"unknown profile(s) {sorted(bad)}; known: {', '.join(PROFILES)}")
+        editor = {p: _expect(path, f"{where}.editor.{p}", v, str, "editor") for p, v in editor_raw.items()}
+    else:
+        editor = {p: _expect(path, f"{where}.editor", editor_raw, str, "editor (a string or a mapping profile -> editor)")
+                  for p in PROFILES}
+    for value in editor.values():
+        if value != OFFLINE_EDITOR and value not in catalog:
+            raise _fail(path, f"{where}.editor", f"unknown editor {value!r}: use {OFFLINE_EDITOR!r} or a generator id")
     seed = _expect(path, f"{where}.seed", raw["seed"], int, "seed")
     return Era(name, positives, low_quality, editor, seed)
 
@@ -205,7 +217,7 @@ def append_era(path: str | Path, name: str, like: str, positive_generators: list
         "name": name,
         "positive_generators": list(positive_generators or template.positive_generators),
         "low_quality_generators": list(template.low_quality_generators),
-        "editor": template.editor,
+        "editor": dict(template.editor) if len(set(template.editor.values())) > 1 else template.editor_for("tiny"),
         "seed": max(era.seed for era in registry.eras) + 1,
     }
     text = path.read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ def test_valid_file_parses_and_expands_single_model_to_every_profile():
     registry = parse_eras(VALID)
     assert registry.generators["a"].model == {"tiny": "tiny:flux", "production": "tiny:flux"}
     assert registry.generators["b"].model_for("production") == "org/model"
-    assert registry.era("e1").editor == "offline"
+    assert registry.era("e1").editor_for("production") == "offline"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,7 @@ def test_valid_file_parses_and_expands_single_model_to_every_profile():
         (VALID.replace("{backend: diffusers, model: \"tiny:flux\"}", "{backend: diffusers}"), "generators.a: missing key 'model'"),
         ("eras: []", "top level: missing key 'generators'"),
         (VALID.replace("seed: 1}", "seed: 1, editor: ghost}"), "era 'e1'.editor: unknown editor 'ghost'"),
+        (VALID.replace("seed: 1}", "seed: 1, editor: {tiny: offline, prod: b}}"), "era 'e1'.editor: unknown profile(s) ['prod']"),
         (VALID.replace("{name: e1,", "{"), "eras[0]: missing key 'name'"),
         ("generators: {\n", "not valid YAML"),
     ],
@@ -69,3 +70,9 @@ def test_append_era_refuses_invalid_additions_without_touching_the_file(tmp_path
     with pytest.raises(ErasFileError, match="unknown generator id 'zzz'"):
         append_era(path, "e3", like="e1", positive_generators=["zzz"])
     assert path.read_text() == VALID
+
+
+def test_editor_can_differ_per_profile():
+    registry = parse_eras(VALID.replace("seed: 1}", "seed: 1, editor: {tiny: offline, production: b}}"))
+    era = registry.era("e1")
+    assert (era.editor_for("tiny"), era.editor_for("production")) == ("offline", "b")

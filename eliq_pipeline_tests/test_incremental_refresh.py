@@ -90,6 +90,26 @@ def test_benchmark_scores_report_heldout_ranking_and_correlations_for_present_be
     assert "agiqa-3k" in metadata_of(instance, "benchmark_scores", "era-b")["scores"]
 
 
+def test_supervision_command_shows_counts_per_family_aspect_method(two_eras, monkeypatch, capsys):
+    import json
+
+    from eliq_pipeline.cli import main
+
+    monkeypatch.setenv("ELIQ_HOME", two_eras[1]["ELIQ_HOME"])
+    assert main(["supervision", "--era", "era-a", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # 6 positives: 2 conventional tec, 1 edit, 1 shuffled prompt, 4 AI-specific renders, 1 low-quality each
+    assert report["negatives"] == {
+        "ai_specific/aes/appearance_prompt": 6, "ai_specific/aes/low_quality_generator": 6,
+        "ai_specific/ali/variant_prompt": 6, "ai_specific/tec/degraded_prompt": 6,
+        "ai_specific/tec/premature_decode": 6, "conventional/aes/instruction_edit": 6,
+        "conventional/ali/shuffled_prompt": 6, "conventional/tec/gaussian_noise": 6,
+        "conventional/tec/jpeg_recompress": 6}
+    assert sum(report["tuples"].values()) == 12
+    assert main(["supervision", "--era", "era-a"]) == 0
+    assert "instruction_edit" in capsys.readouterr().out
+
+
 def test_a_changed_benchmark_set_rebuilds_only_embeddings_and_downstream(two_eras):
     """Runs last: it changes the module's state. Supervision and tuning are left alone."""
     instance, env = two_eras[0], dict(two_eras[1])

@@ -5,9 +5,12 @@ import json
 import dagster as dg
 
 from eliq_pipeline.assets.common import GROUP_SUPERVISION, current_era, era_key, era_metadata, rows_to_table
-from eliq_pipeline.eras import Era, EraRegistry
+from eliq_pipeline.eras import OFFLINE_EDITOR, Era, EraRegistry
 from eliq_pipeline.ml import supervision as sup
+from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "import" backend)
+from eliq_pipeline.ml.editors import load_editor, resolve_editor_ref
 from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, resolve_model_ref
+from eliq_pipeline.ml.prompt_refine import ChatClient, refine_labels
 from eliq_pipeline.ml.prompts import Prompt, build_prompt_bank
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
@@ -25,15 +28,35 @@ def _defaults(profile: ModelProfileResource) -> dict:
     return {"steps": settings.generation_steps, "height": settings.image_height, "width": settings.image_width}
 
 
-def _generator_loader(registry: EraRegistry, profile: ModelProfileResource):
+def _spec(registry: EraRegistry, profile: ModelProfileResource, gid: str, resolve=resolve_model_ref) -> GeneratorSpec:
+    entry = registry.generators[gid]
+    model = resolve(entry.model_for(profile.profile), profile.models_dir / "generators",
+                    init_seed=int(entry.params.get("init_seed", 0)))
+    return GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
+
+
+def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, loaded: dict | None = None):
     def load(gid: str):
-        entry = registry.generators[gid]
-        model = resolve_model_ref(entry.model_for(profile.profile), profile.models_dir / "generators",
-                                  init_seed=int(entry.params.get("init_seed", 0)))
-        spec = GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
-        return GENERATOR_BACKENDS.get(entry.backend)(spec, device=profile.torch_device())
+        backend = GENERATOR_BACKENDS.get(registry.generators[gid].backend)(_spec(registry, profile, gid),
+                                                                            device=profile.torch_device())
+        if loaded is not None:
+            loaded[gid] = backend
+        return backend
 
     return load
+
+
+def _editor(registry: EraRegistry, era: Era, profile: ModelProfileResource):
+    """(id, editor): the deterministic offline editor, or an editing pipeline from the catalog."""
+    editor_id = era.editor_for(profile.profile)
+    if editor_id == OFFLINE_EDITOR:
+        return editor_id, load_editor("offline")
+    return editor_id, load_editor("diffusers", _spec(registry, profile, editor_id, resolve_editor_ref),
+                                  device=profile.torch_device())
+
+
+def _import_reports(loaded: dict) -> dict:
+    return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if hasattr(backend, "report")}
 
 
 def _progress(context: dg.AssetExecutionContext, what: str):
@@ -49,7 +72,7 @@ def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profi
     ]
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-1")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-2")
 def prompts(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
@@ -58,6 +81,11 @@ def prompts(
     era = current_era(context, eras)
     settings = profile.settings()
     bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
+    client = ChatClient.from_env()  # optional LLM refinement of uncertain labels (off by default)
+    refinement = {"enabled": False}
+    if client is not None:
+        bank, report = refine_labels(bank, client)
+        refinement = report.as_metadata()
     rows = [{"prompt_id": p.prompt_id, "text": p.text, "category": p.category,
              "sub_concept": p.sub_concept, "labels": list(p.labels), "subject": p.subject} for p in bank]
     store = artifacts.store()
@@ -65,6 +93,7 @@ def prompts(
     coverage = sup.count_by(rows, "category")
     return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
                                                       category_coverage=dg.MetadataValue.json(coverage),
+                                                      label_refinement=dg.MetadataValue.json(refinement),
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
 
 
@@ -79,16 +108,21 @@ def positive_images(
     era: Era = current_era(context, eras)
     registry, store = eras.load(), artifacts.store()
     requests = _requests(registry, era.positive_generators, load_prompts(store, era.name), profile)
-    rows, generated, reused = sup.generate_images(store, requests, _generator_loader(registry, profile),
-                                                  profile.settings().generation_batch_size, _progress(context, "positives"))
+    loaded, skipped = {}, []
+    rows, generated, reused = sup.generate_images(store, requests, _generator_loader(registry, profile, loaded),
+                                                  profile.settings().generation_batch_size, _progress(context, "positives"),
+                                                  skipped=skipped)
+    for skip in skipped:
+        context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
     store.put_table(era_key(era.name, "positive_images.parquet"), rows_to_table(rows))
     return dg.MaterializeResult(metadata=era_metadata(
         era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
-        per_generator=dg.MetadataValue.json(sup.count_by(rows, "generator")),
+        images_skipped=len(skipped), per_generator=dg.MetadataValue.json(sup.count_by(rows, "generator")),
+        import_reports=dg.MetadataValue.json(_import_reports(loaded)),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-2",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-3",
           deps=[positive_images], pool="gpu")
 def negative_images(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
@@ -110,7 +144,8 @@ def negative_images(
                                                            _progress(context, "AI-specific"))
     for row, (_, method, params) in zip(ai_rows, planned):
         row.update(method=method, method_params=json.dumps(params))
-    rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows)
+    rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows,
+                                                editor=_editor(registry, era, profile))
     store.put_table(era_key(era.name, "negative_images.parquet"), rows_to_table(rows))
     preview = sup.preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)

@@ -268,6 +268,253 @@ def load_generic_csv(
     )
 
 
+# ---------------------------------------------------------------- spreadsheet / .mat helpers
+
+
+def _read_xlsx(path: Path) -> list[tuple[int, list[Any]]]:
+    """Rows of the first worksheet as (sheet row number, cell values); empty rows dropped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark annotation file not found: {path}")
+    try:
+        import openpyxl  # imported here: only the spreadsheet-described benchmarks need it
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading {path} needs openpyxl (pip install 'openpyxl>=3.1,<4')") from exc
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        rows: list[tuple[int, list[Any]]] = []
+        for row_no, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+            cells = list(values)
+            if any(v is not None and str(v).strip() != "" for v in cells):
+                rows.append((row_no, cells))
+        return rows
+    finally:
+        workbook.close()
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    # Whole numbers typed into a name column come back as floats (1.0); keep them readable.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _cell_number(path: Path, sheet_row: int, column: str, value: Any) -> float:
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(
+            f"{path}: sheet row {sheet_row}, column {column!r}: expected a finite number, got {value!r}"
+        )
+    return number
+
+
+def _header_index(path: Path, header: list[Any], wanted: Iterable[str]) -> dict[str, int]:
+    """Column positions by name, matched case- and whitespace-insensitively."""
+    norm = {_cell_text(h).lower(): i for i, h in enumerate(header) if _cell_text(h)}
+    found: dict[str, int] = {}
+    missing: list[str] = []
+    for name in wanted:
+        index = norm.get(name.lower())
+        if index is None:
+            missing.append(name)
+        else:
+            found[name] = index
+    if missing:
+        shown = ", ".join(repr(_cell_text(h)) for h in header if _cell_text(h)) or "(nothing)"
+        raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; header has {shown}")
+    return found
+
+
+def _read_mat_vector(path: Path, key: str) -> np.ndarray:
+    """One numeric vector from a MATLAB .mat file, flattened; every value must be finite."""
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark annotation file not found: {path}")
+    from scipy.io import loadmat  # scipy is a core dependency; imported lazily to keep import cheap
+
+    data = loadmat(str(path))
+    if key not in data:
+        keys = ", ".join(sorted(k for k in data if not k.startswith("__"))) or "(none)"
+        raise ValueError(f"{path}: no variable {key!r}; it holds {keys}")
+    values = np.asarray(data[key], dtype=np.float64).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"{path}: {key}[{int(bad[0])}] is not a finite number ({bad.size} such value(s))")
+    return values
+
+
+# ---------------------------------------------------------------- AIGCIQA2023 and SPAQ
+
+# AIGCIQA2023 .mat layout: 6 models x 100 prompts x 4 images, numbered model-major.
+AIGCIQA2023_IMAGES_PER_MODEL = 400
+AIGCIQA2023_IMAGES_PER_PROMPT = 4
+AIGCIQA2023_CSV_COLUMNS = ("name", "prompt", "quality_mos", "correspondence_mos")
+
+
+def aigciqa2023_layout(index: int) -> tuple[int, int]:
+    """(model index, prompt index) of image `index`.png in the original AIGCIQA2023 release."""
+    return (
+        index // AIGCIQA2023_IMAGES_PER_MODEL,
+        (index % AIGCIQA2023_IMAGES_PER_MODEL) // AIGCIQA2023_IMAGES_PER_PROMPT,
+    )
+
+
+def _aigciqa2023_prompts(path: Path) -> list[str]:
+    """Prompt texts (third column) of AIGCIQA2023_Prompts.xlsx, in row order.
+
+    The release has no header row (style, class, prompt per row); a copy re-saved with a header
+    whose third cell reads 'prompt' is accepted too.
+    """
+    rows = _read_xlsx(path)
+    if rows and _cell_text(rows[0][1][2] if len(rows[0][1]) > 2 else None).lower() == "prompt":
+        rows = rows[1:]
+    prompts: list[str] = []
+    for sheet_row, cells in rows:
+        text = _cell_text(cells[2] if len(cells) > 2 else None)
+        if not text:
+            raise ValueError(f"{path}: sheet row {sheet_row}: empty prompt (expected style, class, prompt)")
+        prompts.append(text)
+    return prompts
+
+
+def _find_file(root: Path, name: str, folders: Iterable[str]) -> Path:
+    """root/<folder>/name for the first folder where it exists (the first candidate if none)."""
+    candidates = [root / folder / name if folder else root / name for folder in folders]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def _aigciqa2023_csv(root: Path, csv_name: str | None) -> Path | None:
+    """The merged-CSV variant's file: csv_name if given, else the first root/*.csv with its columns."""
+    if csv_name is not None:
+        return root / csv_name
+    for candidate in sorted(root.glob("*.csv")):
+        with candidate.open(newline="", encoding="utf-8-sig") as handle:
+            header = {h.strip() for h in next(csv.reader(handle), [])}
+        if set(AIGCIQA2023_CSV_COLUMNS) <= header:
+            return candidate
+    return None
+
+
+@BENCHMARKS.register("aigciqa2023", kind="aigc", has_alignment=True)
+def load_aigciqa2023(
+    root: Path,
+    *,
+    limit: int | None = None,
+    layout: Literal["auto", "mat", "csv"] = "auto",
+    csv_name: str | None = None,
+    prompts_name: str = "AIGCIQA2023_Prompts.xlsx",
+) -> Benchmark:
+    """AIGCIQA2023 (2,400 images of 6 T2I models on 100 prompts), quality + correspondence MOS.
+
+    Original release ('mat' layout): images Image/allimg/<N>.png; MOS vectors in
+    DATA/MOS/mosz1.mat (quality), mosz2.mat (authenticity, unused here), mosz3.mat
+    (correspondence, reported as alignment), variable MOSz, entry N for image N; prompts in
+    AIGCIQA2023_Prompts.xlsx (100 rows: style, class, prompt), image N showing prompt
+    (N % 400) // 4 (see aigciqa2023_layout). Merged 'csv' layout: one CSV with
+    name,prompt,style,class,quality_mos,authenticity_mos,correspondence_mos,... and image names
+    relative to Image/allimg/ when that folder exists, else to the CSV's folder. 'auto' takes the
+    .mat layout when DATA/MOS/mosz1.mat exists, else the CSV.
+    """
+    root = Path(root)
+    _check_limit(limit)
+    mos_dir = root / "DATA" / "MOS"
+    if layout == "auto":
+        layout = "mat" if (mos_dir / "mosz1.mat").is_file() else "csv"
+    if layout == "csv":
+        csv_path = _aigciqa2023_csv(root, csv_name)
+        if csv_path is None:
+            raise FileNotFoundError(
+                f"AIGCIQA2023 at {root}: neither {mos_dir / 'mosz1.mat'} nor a CSV with columns "
+                f"{', '.join(AIGCIQA2023_CSV_COLUMNS)} was found"
+            )
+        allimg = csv_path.parent / "Image" / "allimg"
+        return _table_benchmark(
+            name="aigciqa2023",
+            kind="aigc",
+            csv_path=csv_path,
+            image_dir=allimg if allimg.is_dir() else csv_path.parent,
+            image_column="name",
+            quality_column="quality_mos",
+            prompt_column="prompt",
+            align_column="correspondence_mos",
+            limit=limit,
+        )
+    if layout != "mat":
+        raise ValueError(f"layout must be 'auto', 'mat' or 'csv', got {layout!r}")
+    quality = _read_mat_vector(mos_dir / "mosz1.mat", "MOSz")
+    alignment = _read_mat_vector(mos_dir / "mosz3.mat", "MOSz")
+    if alignment.shape != quality.shape:
+        raise ValueError(
+            f"AIGCIQA2023 at {root}: mosz1.mat has {quality.size} values but mosz3.mat has {alignment.size}"
+        )
+    prompts_path = _find_file(root, prompts_name, ("", "DATA", "DATA/MOS"))
+    prompts = _aigciqa2023_prompts(prompts_path)
+    needed = max((aigciqa2023_layout(n)[1] for n in range(quality.size)), default=-1) + 1
+    if len(prompts) < needed:
+        raise ValueError(f"{prompts_path}: {len(prompts)} prompt row(s), the {quality.size} images need {needed}")
+    image_dir = root / "Image" / "allimg"
+    count = quality.size if limit is None else min(limit, quality.size)
+    items = [
+        BenchmarkItem(
+            name=f"{n}.png",
+            image_path=image_dir / f"{n}.png",
+            prompt=prompts[aigciqa2023_layout(n)[1]],
+            mos_quality=float(quality[n]),
+            mos_align=float(alignment[n]),
+        )
+        for n in range(count)
+    ]
+    return _check_images(Benchmark("aigciqa2023", "aigc", items), root)
+
+
+SPAQ_ANNOTATION = "Annotations/MOS and Image attribute scores.xlsx"
+
+
+@BENCHMARKS.register("spaq", kind="ugc", has_alignment=False)
+def load_spaq(
+    root: Path,
+    *,
+    limit: int | None = None,
+    annotation: str = SPAQ_ANNOTATION,
+    image_subdir: str = "TestImage",
+) -> Benchmark:
+    """SPAQ (11,125 smartphone photos): the 'Image name' and 'MOS' columns of
+    Annotations/MOS and Image attribute scores.xlsx, images in TestImage/<Image name>.
+    image_subdir lets a downscaled copy of the images (the usual practice) be used instead."""
+    root = Path(root)
+    _check_limit(limit)
+    path = root / annotation
+    rows = _read_xlsx(path)
+    if not rows:
+        raise ValueError(f"{path}: the first worksheet is empty")
+    header_row, header = rows[0]
+    columns = _header_index(path, header, ("Image name", "MOS"))
+    items: list[BenchmarkItem] = []
+    # Every row is parsed even with a limit, so a bad row fails fast whatever the subset.
+    for sheet_row, cells in rows[1:]:
+        cells = cells + [None] * (len(header) - len(cells))
+        name = _cell_text(cells[columns["Image name"]])
+        if not name:
+            raise ValueError(f"{path}: sheet row {sheet_row}, column 'Image name': empty image name")
+        items.append(
+            BenchmarkItem(
+                name=name,
+                image_path=root / image_subdir / name,
+                prompt=None,
+                mos_quality=_cell_number(path, sheet_row, "MOS", cells[columns["MOS"]]),
+            )
+        )
+    if limit is not None:
+        items = items[:limit]
+    return _check_images(Benchmark("spaq", "ugc", items), root)
+
+
 # ---------------------------------------------------------------- discovery
 
 
@@ -288,3 +535,115 @@ def discover_benchmarks(datasets_dir: Path | None) -> list[str]:
     if not datasets_dir.is_dir():
         return []
     return [name for name in BENCHMARKS.names() if (datasets_dir / name).is_dir()]
+
+
+
+# ---------------------------------------------------------------- configuration and image checks
+
+BenchmarkConfig = Mapping[str, "str | os.PathLike[str] | Mapping[str, Any]"]
+
+
+def _config_entry(
+    name: str, entry: str | os.PathLike[str] | Mapping[str, Any], datasets_dir: Path | None
+) -> tuple[str, Path, dict[str, Any]]:
+    """(loader name, root, loader options) of one explicit entry."""
+    if isinstance(entry, Mapping):
+        options = dict(entry)
+        if "root" not in options:
+            raise ValueError(f"benchmark {name!r}: a mapping entry needs a 'root' key, got {sorted(options)}")
+        root = Path(os.path.expanduser(str(options.pop("root"))))
+        loader = str(options.pop("loader", name))
+    else:
+        root, loader, options = Path(os.path.expanduser(str(entry))), name, {}
+    if not root.is_absolute() and datasets_dir is not None:
+        root = datasets_dir / root
+    BENCHMARKS.get(loader)  # an unknown loader is a configuration error, not a missing dataset
+    return loader, root, options
+
+
+def benchmarks_from_config(
+    datasets_dir: Path | str | None,
+    explicit: BenchmarkConfig | None = None,
+    *,
+    verify: bool = True,
+    limit: int | None = None,
+    max_errors: int = _MAX_LISTED,
+) -> tuple[list[Benchmark], list[tuple[str, str]]]:
+    """Load every benchmark found under datasets_dir plus every explicitly configured one.
+
+    explicit maps a benchmark name to its root folder, or to {"root": ..., "loader": ...,
+    **loader options} ("loader" defaults to the name and picks the registered layout, so several
+    generic-csv sets can be configured under their own names; the loaded benchmark takes the
+    configured name). Relative roots are taken under datasets_dir. An explicit entry replaces the
+    folder of the same name under datasets_dir.
+
+    Returns (present, skipped): a benchmark whose root does not exist is skipped with a reason,
+    because deployments legitimately lack some datasets; a present one that cannot be read
+    (missing annotation, bad row, missing image, and with verify=True an undecodable image)
+    raises, naming the first few offenders, because silently dropping it would hide broken data.
+    Registered fixed-layout benchmarks absent from datasets_dir are reported as skipped too, so a
+    report can say what was not evaluated.
+    """
+    base = Path(datasets_dir) if datasets_dir is not None else None
+    explicit = dict(explicit or {})
+    planned: dict[str, tuple[str, Path, dict[str, Any]]] = {}
+    skipped: list[tuple[str, str]] = []
+    if base is not None and base.is_dir():
+        for name in discover_benchmarks(base):
+            planned[name] = (name, base / name, {})
+    for name in BENCHMARKS.names():
+        if name in planned or name in explicit or BENCHMARKS.meta(name).get("generic"):
+            continue
+        where = f"no folder {base / name}" if base is not None else "no datasets directory configured"
+        skipped.append((name, where))
+    for name, entry in explicit.items():
+        loader, root, options = _config_entry(name, entry, base)
+        if not root.exists():
+            planned.pop(name, None)
+            skipped.append((name, f"configured root {root} does not exist"))
+            continue
+        planned[name] = (loader, root, options)
+    present: list[Benchmark] = []
+    for name in sorted(planned):
+        loader, root, options = planned[name]
+        if limit is not None:
+            options = {**options, "limit": limit}
+        benchmark = load_benchmark(loader, root, **options)
+        if benchmark.name != name:
+            benchmark = Benchmark(name, benchmark.kind, benchmark.items)
+        if verify:
+            verify_images(benchmark, max_errors=max_errors)
+        present.append(benchmark)
+    return present, sorted(skipped)
+
+
+def _decode_error(path: Path) -> str | None:
+    """Why the image at path cannot be decoded, or None when it can."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # structure and checksums (PNG CRCs) without decoding pixels
+        with Image.open(path) as image:
+            # verify() leaves truncated JPEG entropy data unnoticed, so the pixels are decoded
+            # too; draft() lets JPEGs decode at 1/8 scale, which still reads every byte.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def verify_images(benchmark: Benchmark, max_errors: int = _MAX_LISTED, workers: int | None = None) -> None:
+    """Decode every image of the benchmark; raise ValueError naming the first unreadable ones.
+
+    Runs on threads (PIL's decoders release the GIL); AGIQA-3K's 2,982 JPEGs take a few seconds.
+    """
+    paths = [item.image_path for item in benchmark.items]
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        errors = [(p, e) for p, e in zip(paths, pool.map(_decode_error, paths)) if e is not None]
+    if errors:
+        shown = "; ".join(f"{p} ({e})" for p, e in errors[:max_errors])
+        more = f" and {len(errors) - max_errors} more" if len(errors) > max_errors else ""
+        raise ValueError(
+            f"benchmark {benchmark.name!r}: {len(errors)} of {len(paths)} image(s) unreadable: {shown}{more}"
+        )

@@ -93,10 +93,13 @@ def generate_images(
     load_generator: Callable[[str], Generator],
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Generate (or reuse) one image per request. Returns manifest rows, generated count, reused count.
 
-    Cache entries are written right after each batch, so a crash loses at most one batch.
+    Cache entries are written right after each batch, so a crash loses at most one batch. A
+    backend that cannot serve a prompt (an `import` manifest without a usable image for it) is
+    skipped, not fatal: the request is appended to `skipped` with the reason.
     """
     rows: list[dict[str, Any] | None] = [None] * len(requests)
     pending: dict[str, list[int]] = {}
@@ -111,7 +114,14 @@ def generate_images(
         return generators[gid]
 
     for index, request in enumerate(requests):
-        generator(request.generator_id)
+        backend = generator(request.generator_id)
+        if hasattr(backend, "has_image") and not backend.has_image(request.text):
+            if skipped is not None:
+                reason = backend.skip_reason(request.text) if hasattr(backend, "skip_reason") else None
+                skipped.append({"generator": request.generator_id, "prompt": request.text,
+                                "reason": reason or "not in the import manifest"})
+            keys.append("")
+            continue
         parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]
         if request.stop_step is not None:
             parts.append({"stop_step": request.stop_step})
@@ -140,7 +150,8 @@ def generate_images(
             done += len(chunk)
             if progress:
                 progress(done, len(requests))
-    return [row for row in rows if row is not None], generated, len(requests) - generated
+    done_rows = [row for row in rows if row is not None]
+    return done_rows, generated, len(done_rows) - generated
 
 
 def _generation_row(
@@ -220,6 +231,31 @@ def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: st
             "mismatched_prompt_id": prompt_id, "mismatched_prompt": prompt}
 
 
+EDIT_CODE_VERSION = "edit-1"
+
+
+class Editor(Protocol):
+    def edit(self, image: Image.Image, instruction: str, seed: int) -> tuple[Image.Image, dict[str, Any]]: ...
+    def model_revision(self) -> str: ...
+
+
+def edit_negative(store: Store, positive_sha: str, editor: Editor, editor_id: str) -> tuple[dict[str, Any], bool]:
+    """Conventional aesthetic negative: an instruction edit degrading composition or colour while
+    keeping the content; the instruction and seed are a function of the positive (cached)."""
+    from eliq_pipeline.ml.editors import choose_instruction
+
+    key = "cache/edits/" + stable_hash(positive_sha, editor_id, editor.model_revision(), EDIT_CODE_VERSION) + ".json"
+    entry = _cached(store, key)
+    if entry is not None:
+        return entry, True
+    seed = stable_seed(positive_sha, "edit") % (2**31)
+    instruction = choose_instruction(seed, getattr(editor, "instructions", None))
+    image, params = editor.edit(get_image(store, positive_sha), instruction, seed)
+    entry = {"image_sha256": put_image(store, image), "params": {"editor": editor_id, **params}}
+    store.put_bytes(key, json.dumps(entry, sort_keys=True, default=float).encode())
+    return entry, False
+
+
 def build_negatives(
     store: Store,
     positives: Sequence[dict[str, Any]],
@@ -229,12 +265,17 @@ def build_negatives(
     ai_generated: Sequence[dict[str, Any]] = (),
     technical_methods: Iterable[str] = TECHNICAL_METHODS,
     aesthetic_methods: Iterable[str] = (AESTHETIC_EDIT_METHOD,),
+    editor: tuple[str, Editor] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Negatives per positive, tagged aspect x family x method x params:
     conventional technical (repeated JPEG, Gaussian noise), conventional aesthetic (the editor),
     conventional alignment (a shuffled prompt, preferring another category); AI-specific:
     the era's low-quality generators (aes) and the rows of `ai_generated` (see AI_SPECIFIC_METHODS).
+    With `editor` (id, editor), the conventional aesthetic negatives are its instruction edits
+    instead of `aesthetic_methods`.
     Returns rows, created count, reused count (degradations; generated images are counted upstream)."""
+    if editor is not None:
+        aesthetic_methods = ()
     by_id = {p.prompt_id: i for i, p in enumerate(prompts)}
     low_by_prompt: dict[str, list[dict[str, Any]]] = {}
     for row in low_quality:
@@ -251,6 +292,11 @@ def build_negatives(
             created += not was_cached
             meta = DEGRADATIONS.meta(method)
             rows.append(_negative_row(positive, meta["aspect"], meta["family"], method, entry["params"], entry["image_sha256"]))
+        if editor is not None:
+            entry, was_cached = edit_negative(store, positive["image_sha256"], editor[1], editor[0])
+            reused += was_cached
+            created += not was_cached
+            rows.append(_negative_row(positive, "aes", "conventional", "instruction_edit", entry["params"], entry["image_sha256"]))
         for low in low_by_prompt.get(positive["prompt_id"], []):
             rows.append(_negative_row(positive, "aes", "ai_specific", "low_quality_generator",
                                       {"generator": low["generator"], "seed": low["seed"], "steps": low["steps"]},
