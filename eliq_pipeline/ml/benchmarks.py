@@ -540,7 +540,8 @@ def discover_benchmarks(datasets_dir: Path | None) -> list[str]:
 
 # ---------------------------------------------------------------- configuration and image checks
 
-BenchmarkConfig = Mapping[str, "str | os.PathLike[str] | Mapping[str, Any]"]
+# name -> root folder, or {"root": folder, "loader": registered name, **loader options}
+BenchmarkConfig = Mapping[str, str | os.PathLike[str] | Mapping[str, Any]]
 
 
 def _config_entry(

@@ -199,7 +199,7 @@ def test_niqe_rises_with_noise_and_blur_on_agiqa_images():
         with Image.open(item.image_path) as opened:
             image = opened.convert("RGB")
         arr = np.asarray(image, dtype=np.float64)
-        noisy = Image.fromarray(np.clip(np.round(arr + np.random.default_rng(0).normal(0, 15, arr.shape)), 0, 255).astype(np.uint8))
+        noisy = Image.fromarray(add_noise(arr, 15).astype(np.uint8))
         blurred = image.filter(ImageFilter.GaussianBlur(2))
         base = niqe(image, model)
         assert niqe(noisy, model) > base + 1 and niqe(blurred, model) > base + 1
