@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from eliq_pipeline.eras import ErasFileError, append_era, default_eras_path, load_eras
+from eliq_pipeline.score_cli import register as register_scoring
 
 REPORT_COLUMNS = ("era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash")
 
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     supervision.add_argument("--era", required=True)
     supervision.add_argument("--format", choices=("table", "json"), default="table")
     supervision.set_defaults(func=_supervision)
+
+    register_scoring(commands)  # eliq score, eliq export
 
     report = commands.add_parser("report", help="print the benchmark scores of every era")
     report.add_argument("--era")

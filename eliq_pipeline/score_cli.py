@@ -29,6 +29,11 @@ class Scorer(Protocol):
     def score(self, images: Sequence[Any], prompts: Sequence[str | None], batch_size: int = 8) -> list[tuple[float, float | None]]: ...
 
 
+class ScorerUnavailable(ValueError):
+    """The scorer could not be set up (bad bundle, missing --base): fatal for the whole run,
+    never an error row. A ValueError, so `eliq` prints it as a one-line error."""
+
+
 @dataclass(frozen=True)
 class ScoreItem:
     """One row to score: ``image`` as written to the output, ``path`` the file actually read."""
@@ -227,6 +232,8 @@ def _score_batch(scorer: Scorer, batch: Sequence[ScoreItem], batch_size: int) ->
         scores = scorer.score([loaded[i] for i in order], [batch[i].prompt for i in order], batch_size=batch_size) if order else []
         for i, (s_vis, s_ali) in zip(order, scores):
             rows[i] = _row(batch[i], s_vis, s_ali)
+    except ScorerUnavailable:
+        raise
     except Exception:
         for i in order:
             try:
@@ -287,20 +294,43 @@ def score_items(
 # ------------------------------------------------------------------------------ commands
 
 
+class _LazyScorer:
+    """Loads the bundle on the first image to score: a resumed run with nothing left to do
+    never pays for loading the backbone (16 GB for the production one)."""
+
+    def __init__(self, load: Callable[[], Scorer]) -> None:
+        self._load, self._scorer = load, None
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str | None], batch_size: int = 8) -> list[tuple[float, float | None]]:
+        if self._scorer is None:
+            try:
+                self._scorer = self._load()
+            except Exception as exc:  # whatever stops loading stops the run (e.g. no CUDA here)
+                raise ScorerUnavailable(str(exc)) from exc
+        return self._scorer.score(images, prompts, batch_size=batch_size)
+
+
 def run_score(args: argparse.Namespace) -> int:
-    from eliq_pipeline.ml.bundle import ELIQScorer
+    import torch
+
+    from eliq_pipeline.ml.bundle import ELIQScorer, read_bundle_meta
 
     out = Path(args.out)
     _check_output_path(out)
+    items = read_inputs(Path(args.input), args.image_column, args.prompt_column)
+    read_bundle_meta(args.bundle)  # a wrong --bundle fails now, not after reading every input
+    if out.exists():
+        read_output(out)  # likewise an --out that is not ours
+    scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device))
+    threads = torch.get_num_threads()
     if args.threads is not None:
-        import torch
-
         # Small models on a busy CPU run far faster single-threaded (no OpenMP spin contention).
         torch.set_num_threads(max(1, args.threads))
-    items = read_inputs(Path(args.input), args.image_column, args.prompt_column)
-    scorer = ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device)
-    summary = score_items(scorer, items, out, batch_size=args.batch_size, flush_every=args.flush_every,
-                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    try:
+        summary = score_items(scorer, items, out, batch_size=args.batch_size, flush_every=args.flush_every,
+                              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    finally:
+        torch.set_num_threads(threads)  # the process-wide setting is the caller's, not ours
     print(f"scored {summary.scored} images ({summary.errors} with errors), kept {summary.kept} from an "
           f"earlier run; {summary.total} rows in {out}")
     return 0

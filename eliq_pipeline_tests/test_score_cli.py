@@ -14,15 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from eliq_pipeline.ml.bundle import BUNDLE_META_FILE, ELIQScorer
+from eliq_pipeline.ml.bundle import BUNDLE_META_FILE, ELIQScorer, export_bundle
 from eliq_pipeline.score_cli import OUTPUT_COLUMNS, main, read_inputs, read_output, register, score_items
-from eliq_pipeline_tests.ml.test_bundle import make_tiny_parts
+from eliq_pipeline_tests.ml.test_bundle import TinyParts, make_adapter, make_tiny_parts
 from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    parts = make_tiny_parts(tmp_path_factory.mktemp("cli-parts"))
+def parts(tmp_path_factory: pytest.TempPathFactory) -> TinyParts:
+    return make_tiny_parts(tmp_path_factory.mktemp("cli-parts"))
+
+
+@pytest.fixture(scope="module")
+def bundle(parts: TinyParts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ELIQScorer.from_parts(parts.adapter, parts.head).save_pretrained(tmp_path_factory.mktemp("cli") / "bundle")
 
 
@@ -80,16 +84,19 @@ def test_folder_with_a_corrupt_jpeg_scores_the_rest(bundle: Path, tmp_path: Path
     for i, name in enumerate(["a.png", "b.jpg", "nested/c.png"]):
         _write_image(folder / name, seed=i)
     _corrupt_jpeg(folder / "broken.jpg")
+    # Decodes fine but the model's processor refuses it: the failure stays on this row.
+    Image.new("RGB", (300, 1)).save(folder / "thin.png")
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "scores.csv"
-    assert _cli(["score", "--bundle", str(bundle), "--input", str(folder), "--out", str(out), "--batch-size", "2"]) == 0
+    assert _cli(["score", "--bundle", str(bundle), "--input", str(folder), "--out", str(out), "--batch-size", "3"]) == 0
 
     with out.open(newline="") as handle:
         reader = csv.DictReader(handle)
         assert tuple(reader.fieldnames) == OUTPUT_COLUMNS
         rows = {row["image"]: row for row in reader}
-    assert sorted(rows) == ["a.png", "b.jpg", "broken.jpg", "nested/c.png"]
+    assert sorted(rows) == ["a.png", "b.jpg", "broken.jpg", "nested/c.png", "thin.png"]
     assert "cannot decode image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["s_vis"] == ""
+    assert "aspect ratio" in rows["thin.png"]["error"] and rows["thin.png"]["s_vis"] == ""
     for name in ("a.png", "b.jpg", "nested/c.png"):
         row = rows[name]
         assert row["error"] == "" and row["prompt"] == "" and row["s_ali"] == ""  # no prompt: s_vis only
@@ -131,6 +138,20 @@ def test_csv_without_an_image_column_fails_naming_the_file(bundle: Path, tmp_pat
     assert "bad.csv has no 'image' column" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
     assert [item.image for item in read_inputs(bad, image_column="name")] == ["a.png"]
+
+
+def test_tiny_bundle_without_base_fails_the_run_not_the_rows(parts: TinyParts, tmp_path: Path, capsys) -> None:
+    adapter = make_adapter(parts.base, tmp_path / "adapter", base_ref="tiny:qwen3-vl")
+    tiny_bundle = export_bundle(adapter, parts.head, tmp_path / "tiny-bundle", base=str(parts.base))
+    _write_image(tmp_path / "images" / "a.png", seed=1)
+    argv = ["score", "--bundle", str(tiny_bundle), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "s.csv")]
+    assert main(argv) == 2
+    assert "pass base_override (CLI: --base)" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+    assert main(argv + ["--base", str(parts.base), "--threads", "1", "--no-progress"]) == 0
+    assert read_output(tmp_path / "s.csv")[0]["s_vis"] is not None
+    assert main(["score", "--bundle", str(tmp_path), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "t.csv")]) == 2
+    assert "is not an ELIQ scorer bundle" in capsys.readouterr().err
 
 
 def test_resume_scores_only_missing_rows(scorer: ELIQScorer, tmp_path: Path) -> None:

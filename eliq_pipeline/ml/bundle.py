@@ -101,25 +101,27 @@ def _check_base_fingerprint(recorded: str | None, base: str, where: str) -> str 
     Fingerprints of the same kind (two folder hashes, or two hub commits) must match. A hub id
     against a local mirror cannot be compared without the hub's file hashes, so that case (and
     an unrecorded fingerprint) only warns: refusing it would block the documented offline use.
-    Returns the base's fingerprint (None when it cannot be computed here, e.g. offline hub id).
+    Returns the base's fingerprint (None when it was not computed).
     """
+    kind = "dir-sha256" if Path(base).is_dir() else "hub"
+    if recorded is not None and recorded.split(":", 1)[0] != kind:
+        # Checked before hashing: a local mirror of a hub id is 16 GB to read for nothing.
+        warnings.warn(
+            f"backbone {base!r} cannot be compared with the base the adapter in {where} was trained "
+            f"on ({recorded}); make sure they hold the same weights",
+            stacklevel=3,
+        )
+        return None
     try:
         actual = backbone_fingerprint(base)
     except Exception as exc:  # hub lookups fail in many ways offline; this check is best-effort
         warnings.warn(f"cannot fingerprint backbone {base!r} ({exc}); base of {where} not verified", stacklevel=3)
         return None
-    if recorded is None or recorded == actual:
-        return actual
-    if recorded.split(":", 1)[0] == actual.split(":", 1)[0]:
+    if recorded is not None and recorded != actual:
         raise ValueError(
             f"the adapter in {where} was trained on base {recorded}, but backbone {base!r} is {actual}; "
             "pass the base it was trained on (or verify_base=False to skip this check)"
         )
-    warnings.warn(
-        f"backbone {base!r} ({actual}) cannot be compared with the base the adapter in {where} was "
-        f"trained on ({recorded}); make sure they hold the same weights",
-        stacklevel=3,
-    )
     return actual
 
 
@@ -135,11 +137,13 @@ def resolve_base(base_ref: str, base_override: str | None, where: str) -> str:
         )
     # A hub id is "org/name"; anything else shaped like a path must exist here.
     looks_like_path = base_ref.startswith(("/", ".", "~")) or base_ref.count("/") > 1
-    if looks_like_path and not Path(base_ref).expanduser().is_dir():
-        raise FileNotFoundError(
-            f"{where} records its base backbone at {base_ref}, which does not exist on this machine; "
-            "pass base_override (CLI: --base) with a copy of that backbone"
-        )
+    if looks_like_path:
+        if not Path(base_ref).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"{where} records its base backbone at {base_ref}, which does not exist on this machine; "
+                "pass base_override (CLI: --base) with a copy of that backbone"
+            )
+        return str(Path(base_ref).expanduser())
     return base_ref
 
 
@@ -251,9 +255,10 @@ class ELIQScorer:
     """Tuned MLLM + scoring head (+ optional calibration): images and prompts -> (s_vis, s_ali).
 
     Scoring is deterministic (eval mode, no sampling). Batches are left-padded, so a row's score
-    does not depend on its batch except for float32 rounding: padding changes the reduction
-    length inside attention and matmuls, which moves embeddings by ~1e-6 and scores by ~1e-7
-    (tests hold batch sizes 1, 3 and 7 to 1e-5).
+    does not depend on its batch except for float rounding: padding changes the reduction
+    length inside attention and matmuls, which in float32 (CPU) moves embeddings by ~1e-6 and
+    scores by ~1e-7 (tests hold batch sizes 1, 3 and 7 to 1e-5). In bf16 (the CUDA default)
+    the same effect is correspondingly larger; pass dtype=torch.float32 where that matters.
     """
 
     def __init__(
@@ -294,6 +299,7 @@ class ELIQScorer:
         device: str = "cpu",
         calibration: Calibration | None = None,
         verify_base: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> ELIQScorer:
         """Load a tuned backbone folder and a scoring head (object or saved folder)."""
         adapter_dir = Path(adapter_dir)
@@ -306,7 +312,7 @@ class ELIQScorer:
         _check_hidden_size(head.config.hidden_size, resolved, backbone_hidden_size(resolved))
         recorded = meta.get("base_fingerprint")
         actual = _check_base_fingerprint(recorded, resolved, str(adapter_dir)) if verify_base else None
-        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device)
+        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device, dtype=dtype)
         return cls(model, processor, head, adapter_dir, base_ref, recorded or actual, calibration, device)
 
     @classmethod
@@ -316,12 +322,14 @@ class ELIQScorer:
         base_override: str | None = None,
         device: str = "cpu",
         verify_base: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> ELIQScorer:
         """Load a folder written by :meth:`save_pretrained` or :func:`export_bundle`.
 
         ``base_override`` points at the base elsewhere (a local mirror of the hub id, or the
         folder a ``tiny:`` backbone was built into). Every part is checked against
-        ``eliq_bundle.json`` before the backbone weights are loaded.
+        ``eliq_bundle.json`` before the backbone weights are loaded. ``dtype`` defaults to
+        float32 on CPU and bf16 on CUDA, as in the pipeline that produced the training embeddings.
         """
         root = Path(bundle_dir)
         meta = read_bundle_meta(root)
@@ -355,7 +363,7 @@ class ELIQScorer:
         calibration = Calibration()
         if (root / CALIBRATION_FILE).is_file():
             calibration = Calibration.from_dict(json.loads((root / CALIBRATION_FILE).read_text()), str(root / CALIBRATION_FILE))
-        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device)
+        model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device, dtype=dtype)
         return cls(model, processor, head, adapter_dir, base_ref, meta["base_fingerprint"], calibration, device,
                    meta.get("provenance"))
 
