@@ -6,10 +6,10 @@ from typing import Iterable
 
 import dagster as dg
 
-from eliq_pipeline.assets import comparison_tuples, negative_images, positive_images, qqt_model
+from eliq_pipeline.assets import benchmark_scores, comparison_tuples, negative_images, positive_images, qqt_model
 from eliq_pipeline.assets.common import era_key
 from eliq_pipeline.ml.supervision import get_image
-from eliq_pipeline.resources import ArtifactStoreResource
+from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> str:
@@ -111,4 +111,35 @@ def qqt_beats_chance(context: dg.AssetCheckExecutionContext, artifacts: Artifact
                                metadata={"heldout_accuracy": dg.MetadataValue.json(accuracy)})
 
 
-ELIQ_CHECKS = [positive_images_decode, negatives_differ_from_positives, negatives_move_in_intended_direction, tuples_reference_valid_images, qqt_beats_chance]
+@dg.asset_check(asset=benchmark_scores, description=(
+    "Era-over-era drift: flags (WARN) a benchmark whose label-free SRCC fell more than the configured "
+    "threshold (ELIQ_DRIFT_THRESHOLD) below the previous era's."))
+def srcc_not_below_previous_era(
+    context: dg.AssetCheckExecutionContext, eras: EraRegistryResource, warehouse: WarehouseResource,
+    profile: ModelProfileResource,
+) -> dg.AssetCheckResult:
+    era = _partition(context)
+    previous = eras.load().previous_era(era)
+    if previous is None:
+        return dg.AssetCheckResult(passed=True, metadata={"previous_era": "none (first era)"})
+    return drift_result(previous.name, warehouse.scores(era), warehouse.scores(previous.name), profile.drift_threshold)
+
+
+def drift_result(previous: str, current_rows: list[dict], previous_rows: list[dict], threshold: float) -> dg.AssetCheckResult:
+    current, before = srcc_by_benchmark(current_rows), srcc_by_benchmark(previous_rows)
+    drops = {key: {"previous": before[key], "current": value, "drop": round(before[key] - value, 4)}
+             for key, value in current.items() if key in before}
+    flagged = sorted(key for key, d in drops.items() if d["drop"] > threshold)
+    return dg.AssetCheckResult(
+        passed=not flagged, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"previous_era": previous, "threshold": threshold,
+                  "srcc": dg.MetadataValue.json(drops), "flagged": dg.MetadataValue.json(flagged)})
+
+
+def srcc_by_benchmark(rows: list[dict]) -> dict[str, float]:
+    """Label-free SRCC of our critic per 'benchmark/aspect' (held-out tuples have none)."""
+    return {f"{r['benchmark']}/{r['aspect']}": float(r["value"]) for r in rows
+            if r["protocol"] == "label-free" and r["metric"] == "srcc"}
+
+
+ELIQ_CHECKS = [srcc_not_below_previous_era, positive_images_decode, negatives_differ_from_positives, negatives_move_in_intended_direction, tuples_reference_valid_images, qqt_beats_chance]

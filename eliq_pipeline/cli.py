@@ -65,7 +65,9 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _print_report(era: str | None, fmt: str, out) -> None:
+    """CSV: the rows of the scores table. Markdown: the era-by-era (drift) view, one column per era."""
     from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.ml.evaluation import method_of
 
     rows = resources_from_env()["warehouse"].scores(era)
     if fmt == "csv":
@@ -76,12 +78,20 @@ def _print_report(era: str | None, fmt: str, out) -> None:
     if not rows:
         print("no scores yet", file=out)
         return
-    print("| " + " | ".join(REPORT_COLUMNS[:-1]) + " |", file=out)
-    print("|" + "---|" * (len(REPORT_COLUMNS) - 1), file=out)
+    eras = list(dict.fromkeys(r["era"] for r in rows))
+    table: dict[tuple, dict[str, str]] = {}
     for row in rows:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c]))
-                 for c in REPORT_COLUMNS[:-1]]
-        print("| " + " | ".join(cells) + " |", file=out)
+        key = (method_of(row["protocol"]), row["benchmark"], row["protocol"], row["aspect"], row["metric"])
+        cell = f"{row['value']:.3f}"
+        if row["ci_low"] is not None and row["ci_high"] is not None:
+            cell += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        table.setdefault(key, {})[row["era"]] = cell
+    header = ["method", "benchmark", "protocol", "aspect", "metric", *eras]
+    print("| " + " | ".join(header) + " |", file=out)
+    print("|" + "---|" * len(header), file=out)
+    for key in sorted(table, key=lambda k: (k[1], k[0] != "ELIQ (ours)", k[0], k[2], k[3], k[4])):
+        method = f"**{key[0]}**" if key[0] == "ELIQ (ours)" else key[0]
+        print("| " + " | ".join([method, *key[1:], *(table[key].get(e, "") for e in eras)]) + " |", file=out)
 
 
 def _supervision(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             profile=env.get("ELIQ_PROFILE", "tiny"), home=str(home),
             datasets_dir=env.get("ELIQ_DATASETS", ""), device=env.get("ELIQ_DEVICE", "auto"),
             backbone=env.get("ELIQ_BACKBONE", ""), overrides_json=env.get("ELIQ_PROFILE_OVERRIDES", ""),
+            benchmarks_json=env.get("ELIQ_BENCHMARKS", ""), niqe_params=env.get("ELIQ_NIQE_PARAMS", ""),
+            drift_threshold=float(env.get("ELIQ_DRIFT_THRESHOLD", "0.05")),
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve())),
     }

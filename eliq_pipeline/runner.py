@@ -14,7 +14,7 @@ import dagster as dg
 from eliq_pipeline.assets import ELIQ_ASSETS
 from eliq_pipeline.definitions import build_definitions, resources_from_env
 from eliq_pipeline.eras import load_eras
-from eliq_pipeline.ml.benchmarks import discover_benchmarks
+from eliq_pipeline.ml.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.partitions import ERA_PARTITIONS
 
 
@@ -100,7 +100,8 @@ def materialize_eras(
         instance.add_dynamic_partitions(ERA_PARTITIONS.name, missing)
     job = build_definitions(env).resolve_job_def("eliq_job")
     profile = resources["profile"].settings().fingerprint()
-    benchmarks = discover_benchmarks(resources["profile"].datasets_path)
+    benchmarks = [b.name for b in load_present_benchmarks(resources["profile"].datasets_path,
+                                                          resources["profile"].benchmark_config(), verify=False)[0]]
     runs = []
     for name in names:
         fingerprint = registry.era(name).fingerprint(registry.generators)

@@ -81,11 +81,16 @@ def test_benchmark_scores_report_heldout_ranking_and_correlations_for_present_be
     assert {"ranking_accuracy_vis_vs_tec", "ranking_accuracy_vis_vs_aes", "ranking_accuracy_ali"} <= heldout
     if not env["ELIQ_DATASETS"]:
         pytest.skip("AGIQA-3K is not available next to the repository")
-    agiqa = {(r["aspect"], r["metric"]): r for r in rows if r["benchmark"] == "agiqa-3k"}
+    agiqa = {(r["protocol"], r["aspect"], r["metric"]): r for r in rows if r["benchmark"] == "agiqa-3k"}
     for aspect in ("visual", "alignment"):
         for metric in ("srcc", "plcc", "plcc_logistic", "krcc"):
-            row = agiqa[(aspect, metric)]
+            row = agiqa[("label-free", aspect, metric)]
             assert row["n"] == 30 and -1.0 <= row["value"] <= 1.0
+            weak = agiqa[("weak-supervised", aspect, metric)]
+            assert weak["n"] == 24 and agiqa[("weak-supervised", aspect, f"{metric}_std")]["value"] >= 0  # 20% fit
+    for baseline in ("label-free/niqe", "label-free/piqe"):
+        assert agiqa[(baseline, "visual", "srcc")]["n"] >= 27  # NIQE is undefined on all-black images
+    agiqa = {(a, m): r for (p, a, m), r in agiqa.items() if p == "label-free"}
     assert agiqa[("visual", "srcc")]["ci_low"] <= agiqa[("visual", "srcc")]["value"] <= agiqa[("visual", "srcc")]["ci_high"]
     assert "agiqa-3k" in metadata_of(instance, "benchmark_scores", "era-b")["scores"]
 
@@ -110,6 +115,23 @@ def test_supervision_command_shows_counts_per_family_aspect_method(two_eras, mon
     assert "instruction_edit" in capsys.readouterr().out
 
 
+def test_report_shows_every_era_side_by_side_and_writes_csv(two_eras, monkeypatch, capsys, tmp_path):
+    import csv
+
+    from eliq_pipeline.cli import main
+
+    monkeypatch.setenv("ELIQ_HOME", two_eras[1]["ELIQ_HOME"])
+    assert main(["report"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| method | benchmark | protocol | aspect | metric | era-a | era-b |"
+    assert any(line.startswith("| **ELIQ (ours)** | heldout-tuples |") for line in lines)
+    assert main(["report", "--format", "csv", "--out", str(tmp_path / "scores.csv")]) == 0
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash"]
+    assert {r["era"] for r in rows} == {"era-a", "era-b"}
+
+
 def test_a_changed_benchmark_set_rebuilds_only_embeddings_and_downstream(two_eras):
     """Runs last: it changes the module's state. Supervision and tuning are left alone."""
     instance, env = two_eras[0], dict(two_eras[1])
@@ -126,3 +148,18 @@ def test_a_changed_benchmark_set_rebuilds_only_embeddings_and_downstream(two_era
         assert len(after[key]) == len(before[key]) + 1, key
     assert metadata_of(instance, "aspect_embeddings", "era-a")["embeddings_computed"] == 0
     assert [r.status for r in materialize_eras(instance=instance, env=env, log=lambda _: None)] == ["up to date"] * 2
+
+
+def test_drift_check_flags_an_srcc_drop_against_the_previous_era():
+    import dagster as dg
+
+    from eliq_pipeline.checks import drift_result
+
+    row = {"benchmark": "agiqa-3k", "protocol": "label-free", "aspect": "visual", "metric": "srcc", "n": 30}
+    weak = {**row, "protocol": "weak-supervised", "value": 0.1}
+    previous, current = [{**row, "value": 0.60}, weak], [{**row, "value": 0.50}, weak]
+    flagged = drift_result("era-a", current, previous, threshold=0.05)
+    assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
+    assert flagged.metadata["srcc"].value == {"agiqa-3k/visual": {"previous": 0.6, "current": 0.5, "drop": 0.1}}
+    assert flagged.metadata["flagged"].value == ["agiqa-3k/visual"]
+    assert drift_result("era-a", current, previous, threshold=0.2).passed

@@ -89,7 +89,7 @@ def aspect_embeddings(
     namespace = adapter_namespace(adapter_dir)
     cache = EmbeddingCache(store, namespace)
     requests = critic_data.all_tuple_requests(load_era_tuples(store, era.name))
-    bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path)
+    bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path, profile.benchmark_config())
     requests += bench_requests
     model_holder: dict = {}
 

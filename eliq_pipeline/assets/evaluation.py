@@ -1,24 +1,31 @@
-"""benchmark_scores: held-out tuple ranking always; SRCC/PLCC/KRCC on every benchmark present."""
-
+"""benchmark_scores: held-out tuple ranking always; on every benchmark present, ELIQ (label-free
+and weak-supervised) and classic label-free baselines (NIQE, PIQE), into the DuckDB warehouse."""
 
 import json
+from functools import partial
 
 import dagster as dg
 
 from eliq_pipeline.assets.common import GROUP_EVALUATION, current_era, era_key, era_metadata, markdown_table
 from eliq_pipeline.assets.critic import load_era_tuples, qqt_model
 from eliq_pipeline.ml import critic_data
+from eliq_pipeline.ml.baselines import make_baseline
 from eliq_pipeline.ml.benchmark_inputs import file_sha256, load_present_benchmarks
 from eliq_pipeline.ml.embedding_cache import EmbeddingCache
-from eliq_pipeline.ml.evaluation import benchmark_rows, bundle_hash, heldout_rows, score_benchmark
+from eliq_pipeline.ml.evaluation import (
+    baseline_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of, niqe_model_for, score_benchmark,
+    benchmark_rows,
+)
+from eliq_pipeline.ml.plots import scatter_png
 from eliq_pipeline.ml.scorer import load_scoring_head, ranking_accuracies
+from eliq_pipeline.ml.supervision import get_image, preview_markdown, stable_hash
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
 
-TABLE_COLUMNS = ("benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
+TABLE_COLUMNS = ("method", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-1", deps=[qqt_model])
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-2", deps=[qqt_model])
 def benchmark_scores(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource, warehouse: WarehouseResource,
@@ -32,16 +39,35 @@ def benchmark_scores(
     heldout = [r for r in load_era_tuples(store, era.name) if r["split"] == "heldout"]
     accuracies = ranking_accuracies(head, critic_data.tuple_embeddings(cache, heldout))
     rows = heldout_rows(accuracies, len(heldout))
-    present = load_present_benchmarks(profile.datasets_path)
+    present, skipped = load_present_benchmarks(profile.datasets_path, profile.benchmark_config())
+    scatter = {}
+    if present:
+        positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
+        niqe_model = niqe_model_for([get_image(store, r["image_sha256"]) for r in positives], profile.niqe_params or None)
+        baselines = {"niqe": (stable_hash(niqe_model.mu.tolist(), niqe_model.cov.tolist(), length=12),
+                              make_baseline("niqe", model=niqe_model)),
+                     "piqe": ("v1", make_baseline("piqe"))}
     for benchmark in present:
         shas = [file_sha256(item.image_path) for item in benchmark.items]
         s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)
         rows += benchmark_rows(benchmark, s_vis, s_ali)
+        for name, (model_key, scorer) in baselines.items():
+            rows += baseline_rows(benchmark, name, cached_baseline_scores(store, name, model_key, benchmark, shas, scorer))
+        png = scatter_png(s_vis, benchmark.mos_quality(), title=f"{era.name}: ELIQ s_vis vs MOS on {benchmark.name}",
+                          xlabel="s_vis (label-free)", ylabel="quality MOS")
+        store.put_bytes(era_key(era.name, f"scatter-{benchmark.name}.png"), png)
+        scatter[benchmark.name] = png
         context.log.info(f"{benchmark.name}: scored {len(benchmark)} images")
     bundle = bundle_hash(namespace.encode(), (head_dir / "model.safetensors").read_bytes())
     warehouse.replace_scores(era.name, bundle, rows)
-    return dg.MaterializeResult(metadata=era_metadata(
+    for row in rows:
+        row["method"] = method_of(row["protocol"])
+    metadata = era_metadata(
         era, eras, profile, bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
+        skipped_benchmarks=dg.MetadataValue.json({name: reason for name, reason in skipped}),
         heldout_accuracy=dg.MetadataValue.json(accuracies),
         scores=dg.MetadataValue.md(markdown_table(rows, TABLE_COLUMNS)),
-    ))
+    )
+    for name, png in scatter.items():
+        metadata[f"scatter_{name}"] = dg.MetadataValue.md(preview_markdown(png, f"ELIQ s_vis vs quality MOS, {name}"))
+    return dg.MaterializeResult(metadata=metadata)

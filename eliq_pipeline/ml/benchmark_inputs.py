@@ -8,7 +8,7 @@ from typing import Callable
 
 from PIL import Image
 
-from eliq_pipeline.ml.benchmarks import Benchmark, discover_benchmarks, load_benchmark
+from eliq_pipeline.ml.benchmarks import Benchmark, benchmarks_from_config
 from eliq_pipeline.ml.embedding_cache import EmbeddingRequest
 from eliq_pipeline.ml.images import load_image
 from eliq_pipeline.ml.supervision import get_image
@@ -35,18 +35,21 @@ def item_requests(sha: str, prompt: str | None) -> list[EmbeddingRequest]:
             EmbeddingRequest(sha, "ali", scoring_prompt(prompt))]
 
 
-def load_present_benchmarks(datasets_dir: Path | None) -> list[Benchmark]:
-    if datasets_dir is None:
-        return []
-    return [load_benchmark(name, Path(datasets_dir) / name) for name in discover_benchmarks(datasets_dir)]
+def load_present_benchmarks(datasets_dir: Path | None, explicit: dict | None = None,
+                            verify: bool = True) -> tuple[list[Benchmark], list[tuple[str, str]]]:
+    """Benchmarks under datasets_dir plus explicitly configured ones: (present, skipped)."""
+    if datasets_dir is None and not explicit:
+        return [], []
+    return benchmarks_from_config(datasets_dir, explicit, verify=verify)
 
 
-def benchmark_requests(datasets_dir: Path | None) -> tuple[list[EmbeddingRequest], dict[str, Path], dict[str, int]]:
+def benchmark_requests(datasets_dir: Path | None, explicit: dict | None = None
+                       ) -> tuple[list[EmbeddingRequest], dict[str, Path], dict[str, int]]:
     """Requests for every image of every present benchmark, the sha -> file map, and counts."""
     requests: list[EmbeddingRequest] = []
     paths: dict[str, Path] = {}
     counts: dict[str, int] = {}
-    for benchmark in load_present_benchmarks(datasets_dir):
+    for benchmark in load_present_benchmarks(datasets_dir, explicit)[0]:
         counts[benchmark.name] = len(benchmark)
         for item in benchmark.items:
             sha = file_sha256(item.image_path)

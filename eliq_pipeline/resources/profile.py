@@ -17,6 +17,9 @@ class ModelProfileResource(dg.ConfigurableResource):
     device: str = "auto"  # "auto" picks CUDA when present
     backbone: str = ""  # overrides the profile's backbone (hub id or local path)
     overrides_json: str = ""  # JSON object of Profile fields to override; sft/scorer dicts are merged
+    benchmarks_json: str = ""  # JSON {name: root | {"root":..., "loader":..., options}} beyond $ELIQ_DATASETS
+    niqe_params: str = ""  # a standard NIQE parameter file (.mat/.npz/.json); else fitted on positives
+    drift_threshold: float = 0.05  # SRCC drop vs the previous era that the drift check flags
 
     def settings(self) -> Profile:
         overrides = json.loads(self.overrides_json) if self.overrides_json else {}
@@ -44,3 +47,9 @@ class ModelProfileResource(dg.ConfigurableResource):
     @property
     def datasets_path(self) -> Path | None:
         return Path(self.datasets_dir) if self.datasets_dir else None
+
+    def benchmark_config(self) -> dict:
+        config = json.loads(self.benchmarks_json) if self.benchmarks_json else {}
+        if not isinstance(config, dict):
+            raise ValueError(f"ELIQ_BENCHMARKS must be a JSON object name -> root, got {self.benchmarks_json!r}")
+        return config
