@@ -39,6 +39,7 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             backbone=env.get("ELIQ_BACKBONE", ""), overrides_json=env.get("ELIQ_PROFILE_OVERRIDES", ""),
             benchmarks_json=env.get("ELIQ_BENCHMARKS", ""), niqe_params=env.get("ELIQ_NIQE_PARAMS", ""),
             drift_threshold=float(env.get("ELIQ_DRIFT_THRESHOLD", "0.05")),
+            prompts_file=env.get("ELIQ_PROMPTS_FILE", ""),
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve())),
     }

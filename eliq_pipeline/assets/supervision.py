@@ -11,7 +11,7 @@ from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "impor
 from eliq_pipeline.ml.editors import load_editor, resolve_editor_ref
 from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, resolve_model_ref
 from eliq_pipeline.ml.prompt_refine import ChatClient, refine_labels
-from eliq_pipeline.ml.prompts import Prompt, build_prompt_bank
+from eliq_pipeline.ml.prompts import Prompt, build_prompt_bank, load_prompt_file
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
 
@@ -80,7 +80,10 @@ def prompts(
     """The prompt bank of the paper's seven-category taxonomy (3.2.1), with multi-label categories."""
     era = current_era(context, eras)
     settings = profile.settings()
-    bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
+    if profile.prompts_file:  # a user's own prompts replace the generated bank
+        bank = load_prompt_file(profile.prompts_file)
+    else:
+        bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
     client = ChatClient.from_env()  # optional LLM refinement of uncertain labels (off by default)
     refinement = {"enabled": False}
     if client is not None:
@@ -92,6 +95,7 @@ def prompts(
     store.put_table(era_key(era.name, "prompts.parquet"), rows_to_table(rows))
     coverage = sup.count_by(rows, "category")
     return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
+                                                      source=profile.prompts_file or "generated bank",
                                                       category_coverage=dg.MetadataValue.json(coverage),
                                                       label_refinement=dg.MetadataValue.json(refinement),
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))

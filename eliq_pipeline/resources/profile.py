@@ -20,6 +20,7 @@ class ModelProfileResource(dg.ConfigurableResource):
     benchmarks_json: str = ""  # JSON {name: root | {"root":..., "loader":..., options}} beyond $ELIQ_DATASETS
     niqe_params: str = ""  # a standard NIQE parameter file (.mat/.npz/.json); else fitted on positives
     drift_threshold: float = 0.05  # SRCC drop vs the previous era that the drift check flags
+    prompts_file: str = ""  # a user prompt file (CSV or JSONL) replacing the generated prompt bank
 
     def settings(self) -> Profile:
         overrides = json.loads(self.overrides_json) if self.overrides_json else {}

@@ -27,3 +27,18 @@ def test_supervision_assets_materialize_into_s3(tmp_path, s3_endpoint, s3_bucket
     assert "team/eliq/eras/era-a/comparison_tuples.parquet" in keys
     assert sum(k.startswith("team/eliq/images/") for k in keys) >= 12 + 6 * 3  # positives, low-quality, negatives
     assert not (tmp_path / "home" / "artifacts" / "eras").exists()  # nothing went to the local backend
+
+
+def test_a_user_prompt_file_replaces_the_bank(tmp_path):
+    from eliq_pipeline.storage import LocalArtifactStore
+
+    prompts_file = tmp_path / "prompts.csv"
+    prompts_file.write_text("prompt,category\nA bowl of ramen on a wooden table,food\nA crowded night market on a city street,\n")
+    env = pipeline_env(tmp_path / "home", write_eras(tmp_path / "eras.yaml"), ELIQ_PROMPTS_FILE=str(prompts_file))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("eras", ["era-a"])
+        result = dg.materialize([prompts], instance=instance, partition_key="era-a", resources=resources_from_env(env))
+    assert result.success
+    rows = LocalArtifactStore(tmp_path / "home" / "artifacts").get_table("eras/era-a/prompts.parquet").to_pylist()
+    assert [r["text"] for r in rows] == ["A bowl of ramen on a wooden table", "A crowded night market on a city street"]
+    assert rows[0]["category"] == "Food" and rows[1]["category"] == "Urban Scenes"  # keyword rules label the second

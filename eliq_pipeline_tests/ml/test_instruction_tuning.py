@@ -217,3 +217,18 @@ def test_save_load_round_trip_gives_identical_logits(tuned, tiny_dir: Path, toy_
     assert fingerprint.startswith("adapter-sha256:") and fingerprint == adapter_fingerprint(out)
     other = build_tiny_backbone(tmp_path / "other_base", seed=1)
     assert adapter_fingerprint(out, base_override=str(other)) != adapter_fingerprint(out, base_override=str(tiny_dir))
+
+
+def test_zero_steps_is_the_no_instruction_tuning_ablation(tiny_dir: Path, toy_data, tmp_path: Path) -> None:
+    """sft max_steps=0 keeps the raw backbone (LoRA B starts at zero): embeddings are unchanged."""
+    from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
+
+    train, heldout = toy_data
+    result = tune_backbone(str(tiny_dir), train, heldout, SFTConfig.tiny(max_steps=0), tmp_path)
+    assert result.steps == 0 and result.loss_curve == []
+    raw, processor = load_backbone(str(tiny_dir))
+    images = [e.image for e in heldout[:3]]
+    args = (images, ["tec", "aes", "tec"], [None, None, None])
+    tuned_z = extract_aspect_embeddings(result.model, result.processor, *args)
+    raw_z = extract_aspect_embeddings(raw, processor, *args)
+    assert torch.allclose(tuned_z, raw_z, atol=1e-6)
