@@ -31,6 +31,7 @@ class Profile:
     generation_batch_size: int = 1
     sft_preset: str = "default"  # "tiny": settings that make a random toy backbone learn on CPU
     negative_families: tuple[str, ...] = ("conventional", "ai_specific")  # Table 4 ablation switch
+    supervision_aspects: tuple[str, ...] = ("tec", "aes", "ali")  # Table 5: SFT labels and ranking terms used
     tuple_exclude_methods: tuple[str, ...] = ()  # negatives built and checked but not put in tuples
     premature_fraction: float = 0.34  # premature decoding stops after this share of the steps
 
@@ -48,7 +49,7 @@ class Profile:
     def scorer_config(self, **extra: Any):
         from eliq_pipeline.ml.scorer import ScorerConfig
 
-        return ScorerConfig(**{**extra, **self.scorer})
+        return ScorerConfig(**{"aspects": tuple(self.supervision_aspects), **extra, **self.scorer})
 
 
 TINY = Profile(

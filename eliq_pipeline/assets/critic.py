@@ -54,8 +54,13 @@ def tuned_mllm(
     store, settings = artifacts.store(), profile.settings()
     rows = load_era_tuples(store, era.name)
     load = partial(get_image, store)
-    train = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "train"], load))
-    heldout = pseudo_label_examples(critic_data.sft_tuples([r for r in rows if r["split"] == "heldout"], load))
+    aspects = set(settings.supervision_aspects)  # Table 5 ablations drop whole aspects
+
+    def examples(split: str):
+        tuples = critic_data.sft_tuples([r for r in rows if r["split"] == split], load)
+        return [e for e in pseudo_label_examples(tuples) if e.aspect in aspects]
+
+    train, heldout = examples("train"), examples("heldout")
     config = settings.sft_config(seed=era.seed)
     work_dir = Path(profile.home) / "work" / era.name / "sft"  # resumable checkpoints live here
     base = resolve_backbone(profile)

@@ -74,11 +74,17 @@ class ScorerConfig:
     visual_representation: VisualRepresentation = "gated"
     head: HeadKind = "qqt"
     visual_loss: VisualLoss = "pairwise"
+    # Which ranking terms train the head (Table 5's tec / aes / ali subsets); all three by default.
+    aspects: tuple[str, ...] = ("tec", "aes", "ali")
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(f"ScorerConfig: {message}")
+
+        self.aspects = tuple(self.aspects)  # json gives lists; configs compare equal either way
+        need(bool(self.aspects) and set(self.aspects) <= {"tec", "aes", "ali"} and len(set(self.aspects)) == len(self.aspects),
+             f"aspects must be a non-empty subset of ('tec', 'aes', 'ali'), got {self.aspects!r}")
 
         for name in ("hidden_size", "d_model", "depth", "heads", "ff_dim", "epochs", "batch_size"):
             need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -303,15 +309,20 @@ def _hinge(margin: float, s_pos: Tensor, s_neg: Tensor) -> Tensor:
 
 
 def visual_ranking_loss(
-    s_pos: Tensor, s_tec: Tensor, s_aes: Tensor, margin: float, mode: VisualLoss = "pairwise"
+    s_pos: Tensor, s_tec: Tensor, s_aes: Tensor, margin: float, mode: VisualLoss = "pairwise",
+    aspects: Sequence[str] = ("tec", "aes"),
 ) -> Tensor:
     """Eq. 18. pairwise: mean over tuples of hinge(I+, I-_tec) + hinge(I+, I-_aes).
     hardest (ablation): mean of one hinge against the higher-scored negative, which is the
-    hard-negative aggregation the paper argues gives sparser gradients."""
+    hard-negative aggregation the paper argues gives sparser gradients. `aspects` keeps only the
+    tec and/or aes negatives (the Table 5 ablations); with neither, the visual loss is zero."""
+    negatives = [s for name, s in (("tec", s_tec), ("aes", s_aes)) if name in aspects]
+    if not negatives:
+        return s_pos.sum() * 0.0
     if mode == "pairwise":
-        return (_hinge(margin, s_pos, s_tec) + _hinge(margin, s_pos, s_aes)).mean()
+        return sum(_hinge(margin, s_pos, s) for s in negatives).mean()
     if mode == "hardest":
-        return _hinge(margin, s_pos, torch.maximum(s_tec, s_aes)).mean()
+        return _hinge(margin, s_pos, torch.stack(negatives).amax(dim=0)).mean()
     raise ValueError(f"visual loss mode must be one of {VISUAL_LOSSES}, got {mode!r}")
 
 
@@ -321,11 +332,13 @@ def alignment_ranking_loss(s_pos_ali: Tensor, s_neg_ali: Tensor, margin: float) 
 
 
 def total_ranking_loss(
-    scores: TupleScores, margin: float, mode: VisualLoss = "pairwise"
+    scores: TupleScores, margin: float, mode: VisualLoss = "pairwise",
+    aspects: Sequence[str] = ("tec", "aes", "ali"),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Eq. 20: returns (L_vis + L_ali, L_vis, L_ali)."""
-    l_vis = visual_ranking_loss(scores.pos_vis, scores.tecneg_vis, scores.aesneg_vis, margin, mode)
-    l_ali = alignment_ranking_loss(scores.pos_ali, scores.neg_ali, margin)
+    """Eq. 20: returns (L_vis + L_ali, L_vis, L_ali), restricted to the ranking terms of `aspects`."""
+    l_vis = visual_ranking_loss(scores.pos_vis, scores.tecneg_vis, scores.aesneg_vis, margin, mode, aspects)
+    l_ali = (alignment_ranking_loss(scores.pos_ali, scores.neg_ali, margin) if "ali" in aspects
+             else scores.pos_ali.sum() * 0.0)
     return l_vis + l_ali, l_vis, l_ali
 
 
@@ -474,7 +487,7 @@ def _evaluate(
         "ali": float((s.pos_ali > s.neg_ali).double().mean()),
     }
     acc["mean"] = (acc["vis_vs_tec"] + acc["vis_vs_aes"] + acc["ali"]) / 3.0
-    loss = float(total_ranking_loss(s, cfg.margin, cfg.visual_loss)[0])
+    loss = float(total_ranking_loss(s, cfg.margin, cfg.visual_loss, cfg.aspects)[0])
     return acc, loss
 
 
@@ -551,7 +564,7 @@ def train_scoring_head(
                     break
                 index = permutation[start : start + cfg.batch_size]
                 total, l_vis, l_ali = total_ranking_loss(
-                    score_tuples(model, train, index), cfg.margin, cfg.visual_loss
+                    score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
                 )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()

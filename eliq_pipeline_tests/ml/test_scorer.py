@@ -315,3 +315,21 @@ def test_linear_calibration_keeps_ranking_when_labels_disagree():
         LinearCalibration.fit([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="positive"):
         LinearCalibration.from_dict({"slope": -1.0, "intercept": 0.0})
+
+
+def test_aspect_subsets_keep_only_their_ranking_terms():
+    """Table 5 ablations: only the ranking terms of the selected aspects contribute."""
+    import torch
+
+    from eliq_pipeline.ml.scorer import ScorerConfig, TupleScores, total_ranking_loss
+
+    scores = TupleScores(pos_vis=torch.tensor([1.0]), tecneg_vis=torch.tensor([0.9]), aesneg_vis=torch.tensor([0.0]),
+                         pos_ali=torch.tensor([0.0]), neg_ali=torch.tensor([0.2]))
+    # margin 0.5: hinge(tec) = 0.4, hinge(aes) = 0.0, hinge(ali) = 0.7
+    assert float(total_ranking_loss(scores, 0.5)[0]) == pytest.approx(1.1)
+    assert float(total_ranking_loss(scores, 0.5, aspects=("tec",))[0]) == pytest.approx(0.4)
+    assert float(total_ranking_loss(scores, 0.5, aspects=("aes", "ali"))[0]) == pytest.approx(0.7)
+    assert float(total_ranking_loss(scores, 0.5, "hardest", aspects=("tec", "aes"))[0]) == pytest.approx(0.4)
+    assert ScorerConfig(aspects=["tec", "ali"]).to_dict()["aspects"] == ("tec", "ali")
+    with pytest.raises(ValueError, match="aspects"):
+        ScorerConfig(aspects=())
