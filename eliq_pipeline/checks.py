@@ -58,7 +58,6 @@ INTENDED_DIRECTION = {
     "jpeg_recompress": ("blockiness", +1),
     "degraded_prompt": ("sharpness", -1),
     "premature_decode": ("noise_level", +1),
-    "offline_aesthetic_edit": ("colourfulness", -1),
 }
 
 
@@ -79,7 +78,7 @@ def negatives_move_in_intended_direction(context: dg.AssetCheckExecutionContext,
         delta = measure(get_image(store, row["image_sha256"])) - measure(get_image(store, row["positive_sha256"]))
         measured.setdefault(row["method"], []).append(sign * delta > 0)
     fractions = {m: round(sum(v) / len(v), 3) for m, v in sorted(measured.items())}
-    conventional = {m: f for m, f in fractions.items() if m in ("gaussian_noise", "jpeg_recompress", "offline_aesthetic_edit")}
+    conventional = {m: f for m, f in fractions.items() if m in ("gaussian_noise", "jpeg_recompress")}
     return dg.AssetCheckResult(
         passed=all(f >= 0.9 for f in conventional.values()), severity=dg.AssetCheckSeverity.WARN,
         metadata={"fraction_in_intended_direction": dg.MetadataValue.json(fractions),

@@ -107,12 +107,12 @@ def test_supervision_command_shows_counts_per_family_aspect_method(two_eras, mon
     assert report["negatives"] == {
         "ai_specific/aes/appearance_prompt": 6, "ai_specific/aes/low_quality_generator": 6,
         "ai_specific/ali/variant_prompt": 6, "ai_specific/tec/degraded_prompt": 6,
-        "ai_specific/tec/premature_decode": 6, "conventional/aes/instruction_edit": 6,
+        "ai_specific/tec/premature_decode": 6, "conventional/aes/offline_edit": 6,
         "conventional/ali/shuffled_prompt": 6, "conventional/tec/gaussian_noise": 6,
         "conventional/tec/jpeg_recompress": 6}
     assert sum(report["tuples"].values()) == 12
     assert main(["supervision", "--era", "era-a"]) == 0
-    assert "instruction_edit" in capsys.readouterr().out
+    assert "offline_edit" in capsys.readouterr().out
 
 
 def test_report_shows_every_era_side_by_side_and_writes_csv(two_eras, monkeypatch, capsys, tmp_path):

@@ -46,13 +46,15 @@ def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, load
     return load
 
 
-def _editor(registry: EraRegistry, era: Era, profile: ModelProfileResource):
-    """(id, editor): the deterministic offline editor, or an editing pipeline from the catalog."""
+def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource) -> list:
+    """(method, id, editor): the deterministic offline editor always, plus the era's editing
+    pipeline (Qwen-Image-Edit in production, a toy img2img pipeline in tiny) when it names one."""
+    editors = [("offline_edit", OFFLINE_EDITOR, load_editor("offline"))]
     editor_id = era.editor_for(profile.profile)
-    if editor_id == OFFLINE_EDITOR:
-        return editor_id, load_editor("offline")
-    return editor_id, load_editor("diffusers", _spec(registry, profile, editor_id, resolve_editor_ref),
-                                  device=profile.torch_device())
+    if editor_id != OFFLINE_EDITOR:
+        spec = _spec(registry, profile, editor_id, resolve_editor_ref)
+        editors.append(("model_edit", editor_id, load_editor("diffusers", spec, device=profile.torch_device())))
+    return editors
 
 
 def _import_reports(loaded: dict) -> dict:
@@ -126,7 +128,7 @@ def positive_images(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-3",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-4",
           deps=[positive_images], pool="gpu")
 def negative_images(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
@@ -149,7 +151,7 @@ def negative_images(
     for row, (_, method, params) in zip(ai_rows, planned):
         row.update(method=method, method_params=json.dumps(params))
     rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows,
-                                                editor=_editor(registry, era, profile))
+                                                editors=_editors(registry, era, profile))
     store.put_table(era_key(era.name, "negative_images.parquet"), rows_to_table(rows))
     preview = sup.preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)

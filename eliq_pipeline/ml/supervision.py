@@ -265,16 +265,16 @@ def build_negatives(
     ai_generated: Sequence[dict[str, Any]] = (),
     technical_methods: Iterable[str] = TECHNICAL_METHODS,
     aesthetic_methods: Iterable[str] = (AESTHETIC_EDIT_METHOD,),
-    editor: tuple[str, Editor] | None = None,
+    editors: Sequence[tuple[str, str, Editor]] = (),
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Negatives per positive, tagged aspect x family x method x params:
     conventional technical (repeated JPEG, Gaussian noise), conventional aesthetic (the editor),
     conventional alignment (a shuffled prompt, preferring another category); AI-specific:
     the era's low-quality generators (aes) and the rows of `ai_generated` (see AI_SPECIFIC_METHODS).
-    With `editor` (id, editor), the conventional aesthetic negatives are its instruction edits
-    instead of `aesthetic_methods`.
+    With `editors` (method, id, editor), the conventional aesthetic negatives are their instruction
+    edits instead of `aesthetic_methods`.
     Returns rows, created count, reused count (degradations; generated images are counted upstream)."""
-    if editor is not None:
+    if editors:
         aesthetic_methods = ()
     by_id = {p.prompt_id: i for i, p in enumerate(prompts)}
     low_by_prompt: dict[str, list[dict[str, Any]]] = {}
@@ -292,11 +292,11 @@ def build_negatives(
             created += not was_cached
             meta = DEGRADATIONS.meta(method)
             rows.append(_negative_row(positive, meta["aspect"], meta["family"], method, entry["params"], entry["image_sha256"]))
-        if editor is not None:
-            entry, was_cached = edit_negative(store, positive["image_sha256"], editor[1], editor[0])
+        for method, editor_id, editor in editors:
+            entry, was_cached = edit_negative(store, positive["image_sha256"], editor, editor_id)
             reused += was_cached
             created += not was_cached
-            rows.append(_negative_row(positive, "aes", "conventional", "instruction_edit", entry["params"], entry["image_sha256"]))
+            rows.append(_negative_row(positive, "aes", "conventional", method, entry["params"], entry["image_sha256"]))
         for low in low_by_prompt.get(positive["prompt_id"], []):
             rows.append(_negative_row(positive, "aes", "ai_specific", "low_quality_generator",
                                       {"generator": low["generator"], "seed": low["seed"], "steps": low["steps"]},
