@@ -11,7 +11,9 @@ from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "impor
 from eliq_pipeline.ml.editors import load_editor, resolve_editor_ref
 from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, resolve_model_ref
 from eliq_pipeline.ml.prompt_refine import ChatClient, refine_labels
-from eliq_pipeline.ml.prompts import Prompt, build_prompt_bank, load_prompt_file
+from eliq_pipeline.ml.prompts import (
+    Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file,
+)
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
 
@@ -74,7 +76,7 @@ def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profi
     ]
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-2")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-3")
 def prompts(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
@@ -92,12 +94,18 @@ def prompts(
         bank, report = refine_labels(bank, client)
         refinement = report.as_metadata()
     rows = [{"prompt_id": p.prompt_id, "text": p.text, "category": p.category,
-             "sub_concept": p.sub_concept, "labels": list(p.labels), "subject": p.subject} for p in bank]
+             "sub_concept": p.sub_concept, "labels": list(p.labels), "subject": p.subject,
+             # alignment variants (3.2.3) and degraded-appearance / low-fidelity variants
+             "variants": json.dumps({k: v.text for k, v in sup.variants_for(p).items()}),
+             "degraded_prompt": degraded_prompt(p.text), "appearance_prompt": aesthetic_degraded_prompt(p.text)}
+            for p in bank]
     store = artifacts.store()
     store.put_table(era_key(era.name, "prompts.parquet"), rows_to_table(rows))
     coverage = sup.count_by(rows, "category")
     return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
                                                       source=profile.prompts_file or "generated bank",
+                                                      variant_kinds=dg.MetadataValue.json(sup.count_by(
+                                                          [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
                                                       category_coverage=dg.MetadataValue.json(coverage),
                                                       label_refinement=dg.MetadataValue.json(refinement),
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
@@ -128,7 +136,7 @@ def positive_images(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-4",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-5",
           deps=[positive_images], pool="gpu")
 def negative_images(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,

@@ -699,3 +699,45 @@ def prompt_vocabulary() -> list[str]:
         phrase = re.sub(r"\{\w+\}", " ", phrase)
         words.update(re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", phrase.lower()))
     return sorted(words)
+
+
+# Word swaps for the alignment variants of paper 3.2.3 (attribute, count, relation): each pair is
+# swapped both ways, whole words only, so a variant differs from its prompt in exactly one fact.
+_ATTRIBUTE_SWAPS = (("red", "blue"), ("green", "purple"), ("wooden", "metal"), ("old", "new"),
+                    ("small", "huge"), ("narrow", "wide"), ("leather", "plastic"), ("glass", "concrete"),
+                    ("rustic", "modern"), ("antique", "futuristic"), ("warm", "cold"), ("tidy", "messy"))
+_COUNT_SWAPS = (("a pair of", "five"), ("one", "three"), ("two", "four"), ("three", "six"),
+                ("a single", "a dozen"))
+_RELATION_SWAPS = (("on top of", "underneath"), ("above", "below"), ("inside", "outside"),
+                   ("in front of", "behind"), ("left of", "right of"), ("next to", "far from"),
+                   ("hanging above", "lying under"), ("by the door", "on the roof"))
+VARIANT_KINDS = ("object", "attribute", "count", "relation")
+
+
+def _swap_first(text: str, pairs: tuple[tuple[str, str], ...], rng: np.random.Generator) -> str | None:
+    """Swap one whole-word occurrence of a listed word (either direction), or None if none occurs."""
+    candidates = []
+    for a, b in pairs:
+        for old, new in ((a, b), (b, a)):
+            match = re.search(rf"\b{re.escape(old)}\b", text, flags=re.IGNORECASE)
+            if match:
+                candidates.append((match, new))
+    if not candidates:
+        return None
+    match, new = candidates[int(rng.integers(len(candidates)))]
+    if match.group(0)[0].isupper():
+        new = new[0].upper() + new[1:]
+    return text[: match.start()] + new + text[match.end():]
+
+
+def prompt_variants(prompt: Prompt, rng: np.random.Generator) -> dict[str, Prompt]:
+    """Alignment variants of a prompt, by kind: "object" (another category's subject, always),
+    "attribute", "count" and "relation" (one word swapped, when the prompt has one to swap)."""
+    variants = {"object": prompt_variant(prompt, rng)}
+    for kind, pairs in (("attribute", _ATTRIBUTE_SWAPS), ("count", _COUNT_SWAPS), ("relation", _RELATION_SWAPS)):
+        text = _swap_first(prompt.text, pairs, rng)
+        if text is not None and text != prompt.text:
+            variants[kind] = Prompt(prompt_id=prompt_id_for(text), text=text, category=prompt.category,
+                                    sub_concept=prompt.sub_concept, labels=keyword_labels(text, primary=prompt.category),
+                                    subject=prompt.subject)
+    return variants

@@ -20,7 +20,7 @@ from PIL import Image
 from eliq_pipeline.ml.degradations import DEGRADATIONS
 from eliq_pipeline.ml.images import decode_image, png_bytes, sha256_bytes
 from eliq_pipeline.ml.prompts import (
-    Prompt, aesthetic_degraded_prompt, degraded_prompt, mismatched_prompt, prompt_variant,
+    Prompt, aesthetic_degraded_prompt, degraded_prompt, mismatched_prompt, prompt_variants,
 )
 
 # Bump when the way pixels are produced changes: old cache entries then no longer match.
@@ -202,6 +202,11 @@ AI_SPECIFIC_METHODS = {
 FAMILIES = ("conventional", "ai_specific")
 
 
+def variants_for(prompt: Prompt) -> dict[str, Prompt]:
+    """The alignment variants of a prompt (object / attribute / count / relation), deterministic."""
+    return prompt_variants(prompt, np.random.default_rng(stable_seed(prompt.prompt_id, "variants")))
+
+
 def ai_specific_requests(
     positive_requests: Sequence[GenerationRequest], premature_fraction: float = 0.34
 ) -> list[tuple[GenerationRequest, str, dict[str, Any]]]:
@@ -211,13 +216,16 @@ def ai_specific_requests(
         rng = np.random.default_rng(stable_seed(request.prompt.prompt_id, request.generator_id, "ai_specific"))
         text = request.prompt.text
         steps = int(request.params.get("steps") or 1)
-        variant = prompt_variant(request.prompt, rng)
+        variants = variants_for(request.prompt)
+        kind = sorted(variants)[int(rng.integers(len(variants)))]
+        variant = variants[kind]
         out += [
             (replace(request, prompt_text=degraded_prompt(text, rng)), "degraded_prompt", {}),
             (replace(request, stop_step=max(1, round(steps * premature_fraction))), "premature_decode",
              {"stop_step": max(1, round(steps * premature_fraction)), "steps": steps}),
             (replace(request, prompt_text=aesthetic_degraded_prompt(text, rng)), "appearance_prompt", {}),
-            (replace(request, prompt_text=variant.text), "variant_prompt", {"variant_prompt_id": variant.prompt_id}),
+            (replace(request, prompt_text=variant.text), "variant_prompt",
+             {"variant_prompt_id": variant.prompt_id, "variant_kind": kind}),
         ]
     return out
 

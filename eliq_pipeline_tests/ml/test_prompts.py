@@ -196,3 +196,22 @@ def test_vocabulary_covers_bank_words(bank: list[Prompt]) -> None:
     vocab = set(prompt_vocabulary())
     words = {w for p in bank for w in re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", p.text.lower())}
     assert words <= vocab
+
+
+def test_alignment_variants_swap_exactly_one_fact():
+    import numpy as np
+
+    from eliq_pipeline.ml.prompts import Prompt, prompt_variants
+
+    text = "A red bicycle next to two wooden chairs, soft light."
+    prompt = Prompt(prompt_id="p", text=text, category="Objects & Artifacts", sub_concept="x", labels=[], subject="red bicycle")
+    variants = prompt_variants(prompt, np.random.default_rng(0))
+    assert set(variants) == {"object", "attribute", "count", "relation"}
+    for kind, variant in variants.items():
+        assert variant.text != text, kind
+    assert variants["count"].text == "A red bicycle next to four wooden chairs, soft light."
+    assert variants["relation"].text == "A red bicycle far from two wooden chairs, soft light."
+    assert variants["attribute"].text in {"A blue bicycle next to two wooden chairs, soft light.",
+                                          "A red bicycle next to two metal chairs, soft light."}
+    plain = Prompt(prompt_id="q", text="A calm lake.", category="Natural Scenes", sub_concept="x", labels=[], subject="")
+    assert set(prompt_variants(plain, np.random.default_rng(0))) == {"object"}
