@@ -119,7 +119,10 @@ class ScorerConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-native values (lists, not tuples), so a dict read back from config.json compares equal."""
+        data = asdict(self)
+        data["aspects"] = list(self.aspects)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScorerConfig:

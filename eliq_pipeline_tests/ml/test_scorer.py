@@ -330,6 +330,8 @@ def test_aspect_subsets_keep_only_their_ranking_terms():
     assert float(total_ranking_loss(scores, 0.5, aspects=("tec",))[0]) == pytest.approx(0.4)
     assert float(total_ranking_loss(scores, 0.5, aspects=("aes", "ali"))[0]) == pytest.approx(0.7)
     assert float(total_ranking_loss(scores, 0.5, "hardest", aspects=("tec", "aes"))[0]) == pytest.approx(0.4)
-    assert ScorerConfig(aspects=["tec", "ali"]).to_dict()["aspects"] == ("tec", "ali")
+    config = ScorerConfig(aspects=["tec", "ali"])
+    assert config.aspects == ("tec", "ali") and config.to_dict()["aspects"] == ["tec", "ali"]
+    assert ScorerConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict() == config.to_dict()
     with pytest.raises(ValueError, match="aspects"):
         ScorerConfig(aspects=())
