@@ -23,13 +23,7 @@ from eliq_pipeline.ml.scorer import (
 H = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These models are tiny: intra-op threading only adds contention on a shared 2-core box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**overrides) -> ScorerConfig:
