@@ -13,7 +13,7 @@ from eliq_pipeline.assets.supervision import comparison_tuples
 from eliq_pipeline.ml import critic_data
 from eliq_pipeline.ml.benchmark_inputs import benchmark_requests, image_loader
 from eliq_pipeline.ml.backbone import build_tiny_backbone
-from eliq_pipeline.ml.embedding_cache import EmbeddingCache, EmbeddingRequest
+from eliq_pipeline.ml.embedding_cache import EmbeddingCache
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
 from eliq_pipeline.ml.instruction_tuning import (
     adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,

@@ -2,7 +2,6 @@
 and weak-supervised) and classic label-free baselines (NIQE, PIQE), into the DuckDB warehouse."""
 
 import json
-from functools import partial
 
 import dagster as dg
 

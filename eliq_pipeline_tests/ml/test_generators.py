@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from eliq_pipeline.ml.degradations import blockiness, gaussian_noise, jpeg_recompress, noise_level
 from eliq_pipeline.ml.generators import (
