@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Sequence
 
 from eliq_pipeline.eras import ErasFileError, append_era, default_eras_path, load_eras
+from eliq_pipeline.resources.warehouse import SCORES_COLUMNS
 from eliq_pipeline.score_cli import register as register_scoring
 
-REPORT_COLUMNS = ("era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash")
 
 
 def _eras_list(args: argparse.Namespace) -> int:
@@ -71,7 +71,7 @@ def _print_report(era: str | None, fmt: str, out) -> None:
 
     rows = resources_from_env()["warehouse"].scores(era)
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(out, fieldnames=SCORES_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return

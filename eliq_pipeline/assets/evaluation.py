@@ -9,12 +9,13 @@ from eliq_pipeline.assets.common import GROUP_EVALUATION, current_era, era_key, 
 from eliq_pipeline.assets.critic import load_era_tuples, qqt_model
 from eliq_pipeline.ml import critic_data
 from eliq_pipeline.ml.baselines import make_baseline
-from eliq_pipeline.ml.benchmark_inputs import file_sha256, load_present_benchmarks
+from eliq_pipeline.ml.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.ml.embedding_cache import EmbeddingCache
 from eliq_pipeline.ml.evaluation import (
     baseline_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of, niqe_model_for, score_benchmark,
     benchmark_rows,
 )
+from eliq_pipeline.ml.images import sha256_file
 from eliq_pipeline.ml.plots import scatter_png
 from eliq_pipeline.ml.scorer import load_scoring_head, ranking_accuracies
 from eliq_pipeline.ml.supervision import get_image, preview_markdown, stable_hash
@@ -47,7 +48,7 @@ def benchmark_scores(
                               make_baseline("niqe", model=niqe_model)),
                      "piqe": ("v1", make_baseline("piqe"))}
     for benchmark in present:
-        shas = [file_sha256(item.image_path) for item in benchmark.items]
+        shas = [sha256_file(item.image_path) for item in benchmark.items]
         s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)
         rows += benchmark_rows(benchmark, s_vis, s_ali)
         for name, (model_key, scorer) in baselines.items():

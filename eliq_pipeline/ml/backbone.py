@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from PIL import Image
 
-from eliq_pipeline.ml.images import to_rgb
+from eliq_pipeline.ml.images import sha256_file, to_rgb
 
 ASPECTS: tuple[str, ...] = ("tec", "aes", "ali")
 LABELS: tuple[str, ...] = ("low", "high")
@@ -401,20 +401,6 @@ def load_backbone(
 # Fingerprints (cache keys)
 # --------------------------------------------------------------------------------------------
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """Full-content hash, memoised on (path, size, mtime) so 16 GB of weights are read once."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASH_MEMO:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _HASH_MEMO[key] = digest.hexdigest()
-    return _HASH_MEMO[key]
 
 
 def directory_fingerprint(directory: Path, exclude: Iterable[str] = ()) -> str:
@@ -435,7 +421,7 @@ def directory_fingerprint(directory: Path, exclude: Iterable[str] = ()) -> str:
     for path in files:
         digest.update(path.relative_to(directory).as_posix().encode())
         digest.update(b"\0")
-        digest.update(_file_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 

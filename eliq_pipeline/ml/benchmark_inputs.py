@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -10,7 +9,7 @@ from PIL import Image
 
 from eliq_pipeline.ml.benchmarks import Benchmark, benchmarks_from_config
 from eliq_pipeline.ml.embedding_cache import EmbeddingRequest
-from eliq_pipeline.ml.images import load_image
+from eliq_pipeline.ml.images import load_image, sha256_file
 from eliq_pipeline.ml.supervision import get_image
 
 # Prompt-less images (UGC sets) still need an alignment-branch input for the QQT's visual score;
@@ -20,14 +19,6 @@ NEUTRAL_PROMPT = "a photograph"
 
 def scoring_prompt(prompt: str | None) -> str:
     return prompt if prompt else NEUTRAL_PROMPT
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def item_requests(sha: str, prompt: str | None) -> list[EmbeddingRequest]:
@@ -52,7 +43,7 @@ def benchmark_requests(datasets_dir: Path | None, explicit: dict | None = None
     for benchmark in load_present_benchmarks(datasets_dir, explicit)[0]:
         counts[benchmark.name] = len(benchmark)
         for item in benchmark.items:
-            sha = file_sha256(item.image_path)
+            sha = sha256_file(item.image_path)
             paths[sha] = item.image_path
             requests += item_requests(sha, item.prompt)
     return requests, paths, counts

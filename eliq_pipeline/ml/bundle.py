@@ -33,6 +33,7 @@ from PIL import Image
 from eliq_pipeline.ml.backbone import backbone_fingerprint
 from eliq_pipeline.ml.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
+from eliq_pipeline.ml.images import sha256_file
 from eliq_pipeline.ml.instruction_tuning import (
     TUNED_META_FILE,
     adapter_fingerprint,
@@ -77,14 +78,6 @@ def backbone_hidden_size(base: str) -> int:
     config = AutoConfig.from_pretrained(base)
     text = getattr(config, "text_config", None) or config
     return int(text.hidden_size)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_hidden_size(head_hidden: int, base_label: str, base_hidden: int) -> None:
@@ -206,7 +199,7 @@ def _write_bundle(
             "hidden_size": head.config.hidden_size,
             "head_config": head.config.to_dict(),
             "adapter_fingerprint": adapter_fingerprint(staging / ADAPTER_DIR),
-            "head_sha256": _file_sha256(staging / HEAD_DIR / WEIGHTS_NAME),
+            "head_sha256": sha256_file(staging / HEAD_DIR / WEIGHTS_NAME),
             "neutral_prompt": NEUTRAL_PROMPT,
             "provenance": provenance or {},
         }
@@ -344,7 +337,7 @@ class ELIQScorer:
         _check_hidden_size(head_cfg.hidden_size, resolved, backbone_hidden_size(resolved))
         if head_cfg.hidden_size != meta["hidden_size"] or head_cfg.to_dict() != meta["head_config"]:
             raise ValueError(f"bundle {root}: head/ does not match the head config recorded in {BUNDLE_META_FILE}")
-        if _file_sha256(head_dir / WEIGHTS_NAME) != meta["head_sha256"]:
+        if sha256_file(head_dir / WEIGHTS_NAME) != meta["head_sha256"]:
             raise ValueError(f"bundle {root}: head/{WEIGHTS_NAME} was modified after the bundle was written")
         found = adapter_fingerprint(adapter_dir)
         if found != meta["adapter_fingerprint"]:

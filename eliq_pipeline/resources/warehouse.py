@@ -8,9 +8,8 @@ from typing import Any, Iterable
 import dagster as dg
 import duckdb
 
-SCORES_COLUMNS = (
-    "era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash", "recorded_at",
-)
+# The scores table's columns as reports write them (recorded_at is bookkeeping, not a result).
+SCORES_COLUMNS = ("era", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n", "bundle_hash")
 
 _SCORES_DDL = """
 CREATE TABLE IF NOT EXISTS scores (
