@@ -41,7 +41,8 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             drift_threshold=float(env.get("ELIQ_DRIFT_THRESHOLD", "0.05")),
             prompts_file=env.get("ELIQ_PROMPTS_FILE", ""),
         ),
-        "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve())),
+        "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve()),
+                                    profile=env.get("ELIQ_PROFILE", "tiny")),
     }
 
 

@@ -13,12 +13,13 @@ from eliq_pipeline.resources import EraRegistryResource
 def era_registry_sensor(context: dg.SensorEvaluationContext, eras: EraRegistryResource) -> dg.SensorResult | dg.SkipReason:
     try:
         names = eras.load().names()
+        known = set(context.instance.get_dynamic_partitions(ERA_PARTITIONS.name))
+        new = [name for name in names if name not in known]
+        if not new:
+            return dg.SkipReason("no new eras")
+        eras.load_runnable(new)  # a new era that cannot run on the profile must not add anything either
     except ErasFileError as exc:  # a broken file must not add anything
         return dg.SkipReason(f"eras file rejected: {exc}")
-    known = set(context.instance.get_dynamic_partitions(ERA_PARTITIONS.name))
-    new = [name for name in names if name not in known]
-    if not new:
-        return dg.SkipReason("no new eras")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"era-{name}", partition_key=name) for name in new],
         dynamic_partitions_requests=[ERA_PARTITIONS.build_add_request(new)],
