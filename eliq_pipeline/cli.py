@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -40,23 +41,43 @@ def _partition_status() -> dict[str, str] | None:
 
 def _eras_add(args: argparse.Namespace) -> int:
     positives = [g.strip() for g in args.positive_generators.split(",") if g.strip()] if args.positive_generators else None
-    era = append_era(args.eras, args.name, like=args.like, positive_generators=positives)
+    era = append_era(args.eras, args.name, like=args.like, positive_generators=positives,
+                     profile=os.environ.get("ELIQ_PROFILE", "tiny"))
     print(f"added era {era.name} to {args.eras}: positives {', '.join(era.positive_generators)}, "
           f"low-quality {', '.join(era.low_quality_generators) or '-'}, seed {era.seed}")
     return 0
+
+
+RESUME_HINT = "run `eliq materialize` (or `make demo`) again to resume from what is finished"
 
 
 def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from eliq_pipeline.definitions import eliq_home
-    from eliq_pipeline.runner import materialize_eras
+    from eliq_pipeline.run_guard import MaterializeBusy
+    from eliq_pipeline.runner import MaterializeInterrupted, materialize_eras
 
     if args.eras:
         os.environ["ELIQ_ERAS"] = str(args.eras)
     load_eras(args.eras)  # validate before starting the instance
-    with dg.DagsterInstance.get() as instance:
-        runs = materialize_eras(args.era or None, force=args.force, instance=instance)
+    # SIGTERM stops like Ctrl-C: Dagster turns either into a failed run while one is executing,
+    # and between runs it is a KeyboardInterrupt.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            runs = materialize_eras(args.era or None, force=args.force, instance=instance, wait=args.wait)
+    except MaterializeBusy as exc:
+        print(f"eliq: {exc}", file=sys.stderr)
+        return 3
+    except MaterializeInterrupted as exc:
+        print(f"eliq: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"eliq: stopped; {RESUME_HINT}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     home = eliq_home()
     print(f"\nResults under {home}: artifacts in {home / 'artifacts'}, scores in {home / 'warehouse.duckdb'}")
     print("Browse runs, lineage and metadata with: make ui\n")
@@ -149,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--era", action="append", help="only this era (repeatable)")
     materialize.add_argument("--force", action="store_true", help="re-materialize even if up to date")
     materialize.add_argument("--eras", type=Path, default=None, help="era registry file (default: $ELIQ_ERAS or eras.yaml)")
+    materialize.add_argument("--wait", action="store_true",
+                             help="if another eliq materialize holds $ELIQ_HOME, wait for it instead of refusing")
     materialize.set_defaults(func=_materialize)
 
     supervision = commands.add_parser("supervision", help="what an era's supervision is made of")

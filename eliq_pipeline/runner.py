@@ -12,10 +12,12 @@ from typing import Callable, Sequence
 import dagster as dg
 
 from eliq_pipeline.assets import ELIQ_ASSETS
-from eliq_pipeline.definitions import build_definitions, resources_from_env
-from eliq_pipeline.eras import load_eras
+from eliq_pipeline.definitions import build_definitions, eliq_home, resources_from_env
+from eliq_pipeline.eras import check_runnable, load_eras
 from eliq_pipeline.ml.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.partitions import ERA_PARTITIONS
+from eliq_pipeline.run_guard import home_lock, interrupted, process_tags, reap_dead_runs
+from eliq_pipeline.storage import ArtifactStore
 
 
 # Step-level DEBUG events stay in the run's event log (the UI shows them); the console gets INFO.
@@ -40,18 +42,31 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, era: str):
     return records[0] if records else None
 
 
+class MaterializeInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped a run; no further era was started."""
+
+
 @dataclass(frozen=True)
 class Staleness:
     asset: str  # the first asset (in dependency order) that must be re-materialized
     reason: str
 
 
+def missing_artifacts(store: ArtifactStore, metadata) -> list[str]:
+    """The artifacts a materialization recorded (metadata `artifacts`: keys, a trailing '/' for a
+    model folder) that are no longer in the store."""
+    keys = getattr(metadata.get("artifacts"), "value", None) or []
+    return [key for key in keys if not (store.dir_exists(key.rstrip("/")) if key.endswith("/") else store.exists(key))]
+
+
 def find_stale(
-    instance: dg.DagsterInstance, era: str, fingerprint: str, profile: str, benchmarks: list[str]
+    instance: dg.DagsterInstance, era: str, fingerprint: str, profile: str, benchmarks: list[str],
+    store: ArtifactStore | None = None,
 ) -> Staleness | None:
     """The first asset of an era partition that needs work, or None when every asset is
     materialized from the current era definition, profile settings, benchmarks and code version,
-    in dependency order. Everything downstream of that asset is re-materialized, nothing upstream."""
+    in dependency order, and (given the store) its recorded artifacts are still there. Everything
+    downstream of that asset is re-materialized, nothing upstream."""
     found: list[Staleness] = []
     previous_ts = 0.0
     for asset in ELIQ_ASSETS:
@@ -72,6 +87,8 @@ def find_stale(
             found.append(Staleness(name, f"{name} code changed ({code_version} -> {current})"))
         elif record.timestamp < previous_ts:
             found.append(Staleness(name, f"{name} is older than its upstream"))
+        elif store is not None and (gone := missing_artifacts(store, metadata)):
+            found.append(Staleness(name, f"{name}'s artifact {store.describe(gone[0])} is gone from the store"))
         previous_ts = record.timestamp
         scored = getattr(metadata.get("benchmarks"), "value", None)
         if scored is not None and sorted(scored) != sorted(benchmarks):
@@ -87,13 +104,25 @@ def materialize_eras(
     instance: dg.DagsterInstance | None = None,
     env: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
+    wait: bool = False,
 ) -> list[EraRun]:
+    """Materialize the stale part of each era, one run per era, under an exclusive lock on
+    $ELIQ_HOME (another holder: refuse, or with `wait` queue behind it). Runs left STARTED by a
+    killed process are failed and their pool slots released first. A SIGINT / SIGTERM ends the
+    current run and raises `MaterializeInterrupted` without starting another era."""
     resources = resources_from_env(env)
     registry = load_eras(resources["eras"].path)  # a malformed file fails here, before any work
     names = list(era_names) if era_names else registry.names()
     for name in names:
         registry.era(name)
+    check_runnable(registry, resources["profile"].profile, names)  # models and import sources, before any work
     instance = instance or dg.DagsterInstance.get()
+    with home_lock(eliq_home(env), wait=wait, log=log):
+        reap_dead_runs(instance, log)
+        return _materialize_locked(registry, names, force, instance, resources, env, log)
+
+
+def _materialize_locked(registry, names, force, instance, resources, env, log) -> list[EraRun]:
     known = set(instance.get_dynamic_partitions(ERA_PARTITIONS.name))
     missing = [name for name in registry.names() if name not in known]
     if missing:
@@ -102,11 +131,12 @@ def materialize_eras(
     profile = resources["profile"].settings().fingerprint()
     benchmarks = [b.name for b in load_present_benchmarks(resources["profile"].datasets_path,
                                                           resources["profile"].benchmark_config(), verify=False)[0]]
+    store = resources["artifacts"].store()
     runs = []
     for name in names:
         fingerprint = registry.era(name).fingerprint(registry.generators)
         stale = Staleness(ELIQ_ASSETS[0].key.to_user_string(), "forced") if force else find_stale(
-            instance, name, fingerprint, profile, benchmarks)
+            instance, name, fingerprint, profile, benchmarks, store)
         if stale is None:
             log(f"era {name}: up to date, skipped")
             runs.append(EraRun(name, "up to date"))
@@ -114,8 +144,13 @@ def materialize_eras(
         selection = ASSET_ORDER[ASSET_ORDER.index(stale.asset):]
         log(f"era {name}: materializing {', '.join(selection)} ({stale.reason})")
         result = job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False,
-                                        run_config=QUIET_CONSOLE,
+                                        run_config=QUIET_CONSOLE, tags=process_tags(),
                                         asset_selection=[dg.AssetKey(key) for key in selection])
+        if interrupted(result):
+            instance.event_log_storage.free_concurrency_slots_for_run(result.run_id)
+            raise MaterializeInterrupted(
+                f"era {name}: stopped by a signal (run {result.run_id} marked failed); finished images, "
+                f"checkpoints and embeddings are kept: run `eliq materialize` (or `make demo`) again to resume")
         status = "materialized" if result.success else "failed"
         detail = "" if result.success else _failure(result)
         log(f"era {name}: {status} (run {result.run_id}){' ' + detail if detail else ''}")

@@ -28,12 +28,15 @@ def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema | None = Non
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResource, **extra: Any) -> dict[str, Any]:
-    """Every materialization records the era definition and profile it was built from, which is
-    what `eliq materialize` compares to decide whether an era is up to date."""
+def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResource,
+                 artifacts: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """Every materialization records the era definition and profile it was built from, and the
+    store keys it wrote (a trailing '/' for a model folder): `eliq materialize` compares the first
+    two to decide whether an era is up to date, and rebuilds an asset whose artifacts are gone."""
     registry = eras.load()
     return {"era_fingerprint": era.fingerprint(registry.generators), "profile": profile.profile,
-            "profile_fingerprint": profile.settings().fingerprint(), **extra}
+            "profile_fingerprint": profile.settings().fingerprint(),
+            "artifacts": dg.MetadataValue.json(list(artifacts)), **extra}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

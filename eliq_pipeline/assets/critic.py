@@ -71,7 +71,8 @@ def tuned_mllm(
         fingerprint = adapter_namespace(Path(tmp))
         store.put_dir(Path(tmp), era_key(era.name, "tuned_mllm"))
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, adapter_hash=fingerprint, base_backbone=settings.backbone,
+        era, eras, profile, artifacts=[era_key(era.name, "tuned_mllm/")], adapter_hash=fingerprint,
+        base_backbone=settings.backbone, resumed_from_step=result.resumed_from_step,
         train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
         trainable_parameters=result.trainable_params,
         heldout_label_accuracy=dg.MetadataValue.json(result.heldout_accuracy),
@@ -113,7 +114,9 @@ def aspect_embeddings(
     store.put_table(era_key(era.name, "aspect_embeddings.parquet"), rows_to_table(index))
     store.put_bytes(era_key(era.name, "aspect_embeddings.json"), json.dumps({"namespace": namespace}).encode())
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
+        era, eras, profile, artifacts=[era_key(era.name, "aspect_embeddings.parquet"),
+                                       era_key(era.name, "aspect_embeddings.json")],
+        embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
         benchmark_images=dg.MetadataValue.json(bench_counts),
     ))
 
@@ -141,7 +144,7 @@ def qqt_model(
             {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
         store.put_dir(Path(tmp), era_key(era.name, "qqt_model"))
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
+        era, eras, profile, artifacts=[era_key(era.name, "qqt_model/")], train_tuples=len([r for r in rows if r["split"] == "train"]),
         heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
         heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,

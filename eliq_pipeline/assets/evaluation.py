@@ -63,7 +63,8 @@ def benchmark_scores(
     for row in rows:
         row["method"] = method_of(row["protocol"])
     metadata = era_metadata(
-        era, eras, profile, bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
+        era, eras, profile, artifacts=[era_key(era.name, f"scatter-{name}.png") for name in scatter],
+        bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
         skipped_benchmarks=dg.MetadataValue.json({name: reason for name, reason in skipped}),
         heldout_accuracy=dg.MetadataValue.json(accuracies),
         scores=dg.MetadataValue.md(markdown_table(rows, TABLE_COLUMNS)),
