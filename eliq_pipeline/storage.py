@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import pyarrow as pa
@@ -76,11 +76,16 @@ class ArtifactStore(ABC):
         # The marker holds a fresh id per upload, so a re-materialized artifact invalidates the copy.
         if marker.exists() and marker.read_bytes() == self.get_bytes(f"{key}/{COMPLETE_MARKER}"):
             return target
-        staging = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging")))
+        staging = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging"))).resolve()
         prefix = key.rstrip("/") + "/"
         for full in self.list_keys(prefix):
             rel = full[len(prefix):]
-            dest = staging / rel
+            dest = (staging / rel).resolve()
+            # An object key like "model/../../x" must not write outside the target folder.
+            if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or staging not in dest.parents:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ValueError(f"artifact directory {self.describe(key)} holds an object key that escapes it: "
+                                 f"{full!r}; refusing to download it")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.get_bytes(full))
         if target.exists():
