@@ -139,6 +139,7 @@ def _ml_rules() -> SimpleNamespace:
         import_options=import_backend.IMPORT_OPTIONS,
         default_manifest=import_backend.DEFAULT_MANIFEST,
         s3_endpoint_env=import_backend.S3_ENDPOINT_ENV,
+        inside_import_folder=import_backend.lexically_inside,
         dtype_ok=dtype_ok,
     )
 
@@ -447,6 +448,9 @@ def _check_import_source(path: Path, where: str, entry: GeneratorEntry, profile:
     key = f"generators.{entry.id}.model.{profile}"
     options = entry.params.get("call_kwargs") or {}
     manifest = str(options.get("manifest", rules.default_manifest))
+    if not rules.inside_import_folder(manifest):
+        raise _fail(path, f"generators.{entry.id}.params.call_kwargs.manifest",
+                    f"manifest {manifest!r} escapes the import folder; give a path inside {model}")
     if model.startswith("s3://"):
         bucket, _, prefix = model[len("s3://"):].partition("/")
         if not bucket:

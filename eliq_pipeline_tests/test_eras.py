@@ -180,6 +180,10 @@ RUNNABLE_CASES = {
                                     "params: {call_kwargs: {manifest: other.csv}}}"),
         "tiny", "era 'e1'.positive_generators: generator 'c': import manifest {tmp}/imp/other.csv not found "
                 "(generators.c.model.tiny)"),
+    "import manifest outside the folder": (
+        lambda tmp: _with_generator(f"{{backend: import, model: {_import_folder(tmp / 'imp')}, "
+                                    "params: {call_kwargs: {manifest: ../../etc/passwd}}}"),
+        "tiny", "generators.c.params.call_kwargs.manifest: manifest '../../etc/passwd' escapes the import folder"),
 }
 
 

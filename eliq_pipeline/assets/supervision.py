@@ -9,7 +9,7 @@ from eliq_pipeline.eras import OFFLINE_EDITOR, Era, EraRegistry
 from eliq_pipeline.ml import supervision as sup
 from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "import" backend)
 from eliq_pipeline.ml.editors import load_editor, resolve_editor_ref
-from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, resolve_model_ref
+from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, can_sample, resolve_model_ref
 from eliq_pipeline.ml.prompt_refine import ChatClient, refine_labels
 from eliq_pipeline.ml.prompts import (
     Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file,
@@ -59,6 +59,17 @@ def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource) -> 
     return editors
 
 
+def _without_sampler(registry: EraRegistry, generator_ids) -> dict[str, str]:
+    """Generator id -> why it cannot render AI-specific negatives, for those whose backend has no
+    sampler (the `import` backend: fixed images, no prompt can be re-rendered or decoded early)."""
+    out = {}
+    for gid in generator_ids:
+        backend = registry.generators[gid].backend
+        if not can_sample(backend):
+            out[gid] = f"generator {gid!r} ({backend} backend) has no sampler"
+    return out
+
+
 def _import_reports(loaded: dict) -> dict:
     return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if hasattr(backend, "report")}
 
@@ -102,7 +113,8 @@ def prompts(
     store = artifacts.store()
     store.put_table(era_key(era.name, "prompts.parquet"), rows_to_table(rows))
     coverage = sup.count_by(rows, "category")
-    return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
+    return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, artifacts=[era_key(era.name, "prompts.parquet")],
+                                                      num_prompts=len(rows),
                                                       source=profile.prompts_file or "generated bank",
                                                       variant_kinds=dg.MetadataValue.json(sup.count_by(
                                                           [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
@@ -130,7 +142,8 @@ def positive_images(
         context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
     store.put_table(era_key(era.name, "positive_images.parquet"), rows_to_table(rows))
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
+        era, eras, profile, artifacts=[era_key(era.name, "positive_images.parquet")],
+        images_generated=generated, images_reused=reused, num_positives=len(rows),
         images_skipped=len(skipped), per_generator=dg.MetadataValue.json(sup.count_by(rows, "generator")),
         import_reports=dg.MetadataValue.json(_import_reports(loaded)),
     ))
@@ -144,20 +157,29 @@ def negative_images(
 ) -> dg.MaterializeResult:
     """Aspect-specific negatives per positive (3.2.3), conventional and AI-specific: repeated JPEG,
     Gaussian noise, degraded prompts, premature decoding (tec); the editor, low-quality generators,
-    appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali)."""
+    appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali).
+    The renders that need the positive's own sampler (degraded, appearance and variant prompts,
+    premature decoding) are made for generators that have one; for imported positives they are
+    skipped, with count and reason per family/method in `skipped_negatives`."""
     era = current_era(context, eras)
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
     prompt_list = load_prompts(store, era.name)
     positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
     load, batch = _generator_loader(registry, profile), settings.generation_batch_size
+    low_skipped: list[dict] = []
     low, low_generated, low_reused = sup.generate_images(
-        store, _requests(registry, era.low_quality_generators, prompt_list, profile), load, batch, _progress(context, "low-quality"))
-    planned = sup.ai_specific_requests(_requests(registry, era.positive_generators, prompt_list, profile),
-                                       settings.premature_fraction)
-    ai_rows, ai_generated, ai_reused = sup.generate_images(store, [r for r, _, _ in planned], load, batch,
-                                                           _progress(context, "AI-specific"))
-    for row, (_, method, params) in zip(ai_rows, planned):
-        row.update(method=method, method_params=json.dumps(params))
+        store, _requests(registry, era.low_quality_generators, prompt_list, profile), load, batch,
+        _progress(context, "low-quality"), skipped=low_skipped)
+    # AI-specific renders need the positive's own sampler: planned only for generators that have
+    # one; for the others (imported images) they are skipped and reported, the rest is built.
+    no_sampler = _without_sampler(registry, era.positive_generators)
+    samplers = [gid for gid in era.positive_generators if gid not in no_sampler]
+    planned = sup.ai_specific_requests(_requests(registry, samplers, prompt_list, profile), settings.premature_fraction)
+    ai_rows, ai_generated, ai_reused = sup.generate_ai_specific(store, planned, load, batch,
+                                                                _progress(context, "AI-specific"))
+    skipped_negatives = {**sup.sampler_skips(positives, no_sampler), **sup.low_quality_skips(positives, low_skipped)}
+    for key, skip in skipped_negatives.items():
+        context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
     rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows,
                                                 editors=_editors(registry, era, profile))
     store.put_table(era_key(era.name, "negative_images.parquet"), rows_to_table(rows))
@@ -165,10 +187,13 @@ def negative_images(
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
     return dg.MaterializeResult(metadata=era_metadata(
         era, eras, profile, num_negatives=len(rows),
+        artifacts=[era_key(era.name, "negative_images.parquet"), era_key(era.name, "negative_preview.png")],
         images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
         degradations_created=created, degradations_reused=reused,
         counts_by_family_aspect=dg.MetadataValue.json(sup.count_by(rows, "family", "aspect")),
         counts_by_family_aspect_method=dg.MetadataValue.json(sup.count_by(rows, "family", "aspect", "method")),
+        # family/method -> count, reason (and count per generator) of negatives that could not be made
+        skipped_negatives=dg.MetadataValue.json(skipped_negatives),
         preview=dg.MetadataValue.md(sup.preview_markdown(preview, positives[0]["prompt"])),
         preview_path=store.describe(era_key(era.name, "negative_preview.png")),
     ))
@@ -192,7 +217,8 @@ def comparison_tuples(
     store.put_table(era_key(era.name, "comparison_tuples.parquet"), rows_to_table(rows))
     split = sup.count_by(rows, "split")
     return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, num_tuples=len(rows), split=dg.MetadataValue.json(split),
+        era, eras, profile, artifacts=[era_key(era.name, "comparison_tuples.parquet")],
+        num_tuples=len(rows), split=dg.MetadataValue.json(split),
         methods=dg.MetadataValue.json({
             aspect: sup.count_by(rows, f"{aspect}_family", f"{aspect}_method") for aspect in ("tec", "aes", "ali")}),
         location=store.describe(era_key(era.name, "comparison_tuples.parquet")),

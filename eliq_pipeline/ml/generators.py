@@ -162,6 +162,9 @@ class DiffusersGenerator:
     device the initial noise is drawn for (diffusers draws CPU-generator noise on the CPU).
     """
 
+    # A real sampler: it renders any prompt and can decode its latents early (see `can_sample`).
+    can_sample = True
+
     def __init__(
         self,
         spec: GeneratorSpec,
@@ -310,6 +313,17 @@ def model_revision(model: str, revision: str | None = None) -> str:
         from huggingface_hub import HfApi
 
         return f"hf:{HfApi().model_info(model, revision=revision).sha}"
+
+
+def can_sample(backend: str) -> bool:
+    """Whether generators of a backend have their own sampler: render any prompt, decode latents
+    early. AI-specific negatives made from the positive's generator (degraded / appearance /
+    variant prompts, premature decoding) need one; an `import` source serves fixed images only.
+
+    Every backend class declares the class attribute `can_sample`; checked on the class, so no
+    model is loaded to find out.
+    """
+    return bool(GENERATOR_BACKENDS.get(backend).can_sample)
 
 
 def load_generator(spec: GeneratorSpec, device: str = "cpu", **kwargs: Any) -> Any:

@@ -25,6 +25,17 @@ Bad input policy (why: a generator must never crash a run halfway and lose finis
   * non-RGB images (CMYK, 16-bit, alpha, palette, grey) are normalised with `images.to_rgb`
     (alpha composited on white) and counted as converted.
 
+Confinement: the manifest and every image must resolve inside the import folder (or under the S3
+prefix). A `manifest` option that leaves the folder, or a manifest that is a symlink leading out
+of it, is a `ManifestError` (the outside file is never read); an image symlink leading out is a
+counted skip (`outside_folder`) and never read. `..` segments and absolute paths are refused for
+S3 keys as for local paths. Manifest errors name the file, line, byte offset and the columns
+expected, never text from the file (a wrong `manifest` could point at any file).
+
+Imported images have no sampler behind them (`can_sample = False`): AI-specific negatives that
+re-render the prompt with the positive's own generator (degraded prompts, premature decoding,
+appearance prompts, prompt variants) cannot be made for them; the pipeline skips and reports those.
+
 Options come from constructor kwargs, else `spec.params["call_kwargs"]` (the spec only admits the
 generic generator params, and `call_kwargs` is its slot for backend-specific settings).
 """
@@ -62,6 +73,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
 CHECKSUM_MISMATCH = "checksum_mismatch"
 DUPLICATE_PROMPT = "duplicate_prompt"
+OUTSIDE_FOLDER = "outside_folder"
 
 
 class ManifestError(ValueError):
@@ -73,6 +85,10 @@ class ImportSkippedError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class OutsideSource(PermissionError):
+    """A path of the import resolves outside its folder / prefix; it is not read."""
 
 
 class ImageRefused(ValueError):
@@ -131,9 +147,6 @@ class _Row:
     prompt_id: str
     sha256: str
 
-    def label(self) -> str:
-        return self.prompt_id or repr(self.prompt)
-
 
 def _normalise(text: str) -> str:
     return " ".join(text.split())
@@ -142,6 +155,14 @@ def _normalise(text: str) -> str:
 def _prompt_keys(text: str) -> list[str]:
     """Every key a prompt text may be listed under in a manifest."""
     return [f"text:{_normalise(text)}", f"id:{prompt_id_for(text)}"]
+
+
+def lexically_inside(rel: str) -> bool:
+    """A relative path without '..' segments, root or drive: by its text it names nothing outside the
+    import folder / S3 prefix (symlinks are checked when a local file is read). For the manifest
+    option and every `file` of a manifest; the eras-file checks can use it before any run."""
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    return bool(posix.parts) and not posix.is_absolute() and ".." not in posix.parts and ":" not in posix.parts[0]
 
 
 def decode_checked(data: bytes, name: str, min_side: int, max_pixels: int) -> tuple[Image.Image, str]:
@@ -186,6 +207,9 @@ class ImportGenerator:
     always yields the same image (which keeps the content cache consistent too).
     """
 
+    # No sampler: it cannot render another prompt or decode latents early (see generators.can_sample).
+    can_sample = False
+
     def __init__(
         self,
         spec: GeneratorSpec,
@@ -220,6 +244,7 @@ class ImportGenerator:
         self._bucket: str | None = None
         self._prefix = ""
         self._root: Path | None = None
+        self._shown_root: Path | None = None
         self._client = client
         if spec.model.startswith("s3://"):
             bucket, _, prefix = spec.model[len("s3://"):].partition("/")
@@ -237,13 +262,26 @@ class ImportGenerator:
                 root, manifest_name = root.parent, root.name
             if not root.is_dir():
                 raise FileNotFoundError(f"generator {spec.id!r}: import folder {root} does not exist")
-            self._root = root
+            self._shown_root = root  # as the user named it, for messages
+            self._root = root.resolve()  # confinement is checked against the real folder
 
+        if not self._lexically_inside(manifest_name):
+            raise ManifestError(
+                f"generator {spec.id!r}: import option 'manifest' ({manifest_name!r}) escapes the import folder "
+                f"{self._source()}; give a relative path inside it (no '..', not absolute)"
+            )
         self.manifest_location = self._describe(manifest_name)
         try:
             raw = self._read(manifest_name)
         except FileNotFoundError:
             raise FileNotFoundError(f"generator {spec.id!r}: manifest {self.manifest_location} not found") from None
+        except OutsideSource:
+            raise ManifestError(
+                f"generator {spec.id!r}: manifest {self.manifest_location} resolves outside the import folder "
+                f"{self._source()} (a symlink leading out?); refused, not read"
+            ) from None
+        except IsADirectoryError:
+            raise ManifestError(f"generator {spec.id!r}: manifest {self.manifest_location} is not a regular file") from None
         self._revision = "import:" + hashlib.sha256(raw).hexdigest()[:16]
         rows = self._parse_manifest(raw)
         self._report = ImportReport(source=spec.model, manifest_sha256=hashlib.sha256(raw).hexdigest(), rows=len(rows))
@@ -267,11 +305,28 @@ class ImportGenerator:
             )
         return options
 
+    def _source(self) -> str:
+        return f"s3://{self._bucket}/{self._prefix}" if self._bucket is not None else str(self._shown_root)
+
+    @staticmethod
+    def _lexically_inside(rel: str) -> bool:
+        return lexically_inside(rel)
+
+    def _local_path(self, rel: str) -> Path:
+        """The real path of a file of the folder; `OutsideSource` when it (or a symlink on the way) leads out."""
+        assert self._root is not None
+        if not self._lexically_inside(rel):
+            raise OutsideSource(rel)
+        path = (self._root / rel).resolve()  # follows every symlink on the way
+        if not path.is_relative_to(self._root):
+            raise OutsideSource(rel)
+        return path
+
     def _describe(self, rel: str) -> str:
         if self._bucket is not None:
             return f"s3://{self._bucket}/{self._key(rel)}"
-        assert self._root is not None
-        return str(self._root / rel)
+        assert self._shown_root is not None
+        return str(self._shown_root / rel)
 
     def _key(self, rel: str) -> str:
         return f"{self._prefix}/{rel}" if self._prefix else rel
@@ -279,11 +334,14 @@ class ImportGenerator:
     def _read(self, rel: str) -> bytes:
         """Bytes of a file of the source; FileNotFoundError when it is not there."""
         if self._bucket is None:
-            assert self._root is not None
-            path = self._root / rel
-            if not path.is_file():
-                raise FileNotFoundError(str(path))
+            path = self._local_path(rel)
+            if not path.exists():
+                raise FileNotFoundError(self._describe(rel))
+            if not path.is_file():  # a folder, FIFO or device: never opened
+                raise IsADirectoryError(f"{self._describe(rel)}: not a regular file")
             return path.read_bytes()
+        if not self._lexically_inside(rel):
+            raise OutsideSource(rel)
         from botocore.exceptions import ClientError
 
         try:
@@ -301,21 +359,31 @@ class ImportGenerator:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ManifestError(
-                f"{where}: not UTF-8 at byte offset {exc.start} (byte 0x{raw[exc.start]:02x}); "
-                "save the manifest as UTF-8"
-            ) from exc
+                f"{where}: not UTF-8 at byte offset {exc.start}; save the manifest as UTF-8"
+            ) from None
+        # Messages below name the file, line and expected columns only: never text of the file.
         reader = csv.reader(io.StringIO(text, newline=""))
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise ManifestError(f"{where}: empty manifest") from None
+        except csv.Error as exc:
+            raise ManifestError(f"{where}: line 1: not a valid CSV header ({exc})") from None
         if "file" not in header or not {"prompt", "prompt_id"} & set(header):
+            missing = (["'file'"] if "file" not in header else []) + (
+                [] if {"prompt", "prompt_id"} & set(header) else ["'prompt' or 'prompt_id'"])
             raise ManifestError(
-                f"{where}: line 1: needs a 'file' column and a 'prompt' or 'prompt_id' column "
-                f"(columns: {', '.join(header) or 'none'})"
+                f"{where}: line 1: needs a 'file' column and a 'prompt' or 'prompt_id' column; "
+                f"the header ({len(header)} column(s)) has no {' and no '.join(missing)} column"
             )
         rows: list[_Row] = []
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise ManifestError(f"{where}: line {reader.line_num}: not valid CSV ({exc})") from None
             line = reader.line_num
             if not any(v.strip() for v in values):
                 continue
@@ -330,8 +398,11 @@ class ImportGenerator:
             if not prompt and not prompt_id:
                 raise ManifestError(f"{where}: line {line}: neither 'prompt' nor 'prompt_id' is given")
             posix = PurePosixPath(file.replace("\\", "/"))
-            if posix.is_absolute() or ".." in posix.parts or ":" in posix.parts[0]:
-                raise ManifestError(f"{where}: line {line}: file {file!r} must be a relative path inside the source")
+            if not self._lexically_inside(file):
+                raise ManifestError(
+                    f"{where}: line {line}: column 'file' must be a relative path inside the source "
+                    "(absolute paths, drive letters and '..' segments are refused)"
+                )
             sha = record.get("sha256", "").lower()
             rows.append(_Row(line=line, file=posix.as_posix(), prompt=prompt, prompt_id=prompt_id, sha256=sha))
         if not rows:
@@ -349,7 +420,7 @@ class ImportGenerator:
             clash = next((self._rows[k] for k in keys if k in self._rows), None)
             if clash is not None:
                 message = (
-                    f"{self.manifest_location}: duplicate prompt {row.label()} on line {row.line} "
+                    f"{self.manifest_location}: duplicate prompt on line {row.line} "
                     f"(already on line {clash.line})"
                 )
                 if self.on_duplicate == "error":
@@ -371,6 +442,11 @@ class ImportGenerator:
             data = self._read(row.file)
         except FileNotFoundError:
             raise ImageRefused(MISSING_FILE, f"{name}: file not found (manifest line {row.line})") from None
+        except OutsideSource:
+            raise ImageRefused(
+                OUTSIDE_FOLDER, f"{name}: resolves outside the import folder {self._source()} "
+                f"(a symlink leading out?); refused, not read (manifest line {row.line})"
+            ) from None
         except Exception as exc:  # S3 permission / network errors: this file is unusable, others may not be
             raise ImageRefused(UNREADABLE_FILE, f"{name}: cannot read: {exc}") from exc
         if row.sha256 and hashlib.sha256(data).hexdigest() != row.sha256:

@@ -101,6 +101,20 @@ def generate_images(
     backend that cannot serve a prompt (an `import` manifest without a usable image for it) is
     skipped, not fatal: the request is appended to `skipped` with the reason.
     """
+    rows, generated = _generate_aligned(store, requests, load_generator, batch_size, progress, skipped)
+    done_rows = [row for row in rows if row is not None]
+    return done_rows, generated, len(done_rows) - generated
+
+
+def _generate_aligned(
+    store: Store,
+    requests: Sequence[GenerationRequest],
+    load_generator: Callable[[str], Generator],
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any] | None], int]:
+    """`generate_images`, with one entry per request (None where the request was skipped)."""
     rows: list[dict[str, Any] | None] = [None] * len(requests)
     pending: dict[str, list[int]] = {}
     revisions: dict[str, str] = {}
@@ -150,8 +164,7 @@ def generate_images(
             done += len(chunk)
             if progress:
                 progress(done, len(requests))
-    done_rows = [row for row in rows if row is not None]
-    return done_rows, generated, len(done_rows) - generated
+    return rows, generated
 
 
 def _generation_row(
@@ -228,6 +241,67 @@ def ai_specific_requests(
              {"variant_prompt_id": variant.prompt_id, "variant_kind": kind}),
         ]
     return out
+
+
+def generate_ai_specific(
+    store: Store,
+    planned: Sequence[tuple[GenerationRequest, str, dict[str, Any]]],
+    load_generator: Callable[[str], Generator],
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Render the planned AI-specific negatives (see `ai_specific_requests`); each row carries its
+    `method` and `method_params`. A skipped request drops only its own row (rows stay matched to
+    their methods). Returns rows, generated count, reused count."""
+    aligned, generated = _generate_aligned(store, [r for r, _, _ in planned], load_generator, batch_size,
+                                           progress, skipped)
+    rows = []
+    for row, (_, method, params) in zip(aligned, planned):
+        if row is not None:
+            rows.append({**row, "method": method, "method_params": json.dumps(params)})
+    return rows, generated, len(rows) - generated
+
+
+def sampler_skips(positives: Sequence[dict[str, Any]], no_sampler: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The AI-specific negatives that cannot be made because the positive's generator has no
+    sampler (`no_sampler`: generator id -> reason), as 'ai_specific/<method>' -> count, reason and
+    count per generator: one per method for every positive of such a generator."""
+    per_generator: dict[str, int] = {}
+    for positive in positives:
+        if positive["generator"] in no_sampler:
+            per_generator[positive["generator"]] = per_generator.get(positive["generator"], 0) + 1
+    if not per_generator:
+        return {}
+    reason = "; ".join(no_sampler[gid] for gid in sorted(per_generator))
+    return {f"ai_specific/{method}": {"count": sum(per_generator.values()), "reason": reason,
+                                      "per_generator": dict(sorted(per_generator.items()))}
+            for method in AI_SPECIFIC_METHODS}
+
+
+def low_quality_skips(positives: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Low-quality-generator negatives missing for a positive because that generator (an `import`
+    source) had no usable image for the prompt, as 'ai_specific/low_quality_generator' -> count,
+    reason and count per generator. Prompts without a positive are not counted: no negative was due."""
+    positives_of: dict[str, int] = {}  # prompt -> positives that would have had the negative
+    for positive in positives:
+        key = _normalise_text(positive["prompt"])
+        positives_of[key] = positives_of.get(key, 0) + 1
+    per_generator: dict[str, int] = {}
+    for skip in skipped:
+        count = positives_of.get(_normalise_text(skip["prompt"]), 0)
+        if count:
+            per_generator[skip["generator"]] = per_generator.get(skip["generator"], 0) + count
+    if not per_generator:
+        return {}
+    reason = "; ".join(f"low-quality generator {gid!r} (import backend) has no usable image for the prompt"
+                       for gid in sorted(per_generator))
+    return {"ai_specific/low_quality_generator": {"count": sum(per_generator.values()), "reason": reason,
+                                                  "per_generator": dict(sorted(per_generator.items()))}}
+
+
+def _normalise_text(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: str, params: dict[str, Any],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, load_generator
+from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, can_sample, load_generator
 from eliq_pipeline.ml.import_backend import (
     ImportGenerator,
     ImportSkippedError,
@@ -86,6 +86,8 @@ def test_backend_is_registered_and_loads_through_the_generic_loader(source: Path
     assert GENERATOR_BACKENDS.get("import") is ImportGenerator
     gen = load_generator(_spec(source), device="cpu")
     assert isinstance(gen, ImportGenerator)
+    # no sampler: AI-specific renders of its prompts are skipped by the pipeline, not attempted
+    assert not can_sample("import") and can_sample("diffusers")
 
 
 def test_generate_returns_the_imported_images_and_ignores_seeds(source: Path) -> None:
@@ -262,3 +264,127 @@ def test_s3_source_through_a_real_endpoint(
     assert f"s3://{s3_bucket}/imports/api-model/missing.png" in (gen.skip_reason("a missing one") or "")
     with pytest.raises(FileNotFoundError, match=f"s3://{s3_bucket}/elsewhere/manifest.csv"):
         ImportGenerator(_spec(f"s3://{s3_bucket}/elsewhere", endpoint_url=s3_endpoint))
+
+
+# ------------------------------------------------------------------ confinement to the import folder
+
+SECRET = "root:x:0:0:secret-content-of-the-outside-file"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder next to the import folder: an image and a passwd-like text file live there."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "stolen.png").write_bytes(_png(_colour_image(9)))
+    (folder / "passwd").write_text(SECRET + "\nbin:x:1:1\n", encoding="utf-8")
+    (folder / "outside.csv").write_text(f"file,prompt\n../outside/stolen.png,{SECRET}\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def confined(tmp_path: Path) -> Path:
+    folder = tmp_path / "imports"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(_png(_colour_image(0)))
+    return folder
+
+
+def test_symlinks_leading_out_of_the_folder_are_refused_counted_and_never_read(
+    confined: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (confined / "stolen.png").symlink_to(outside / "stolen.png")
+    (confined / "passwd.png").symlink_to(outside / "passwd")
+    (confined / "sub").symlink_to(outside, target_is_directory=True)  # a folder link leading out
+    (confined / "inside.png").symlink_to(confined / "good.png")  # a link that stays inside is fine
+    _write_manifest(confined, [
+        {"prompt": "good", "file": "good.png"},
+        {"prompt": "stolen", "file": "stolen.png"},
+        {"prompt": "passwd", "file": "passwd.png"},
+        {"prompt": "through a folder link", "file": "sub/stolen.png"},
+        {"prompt": "inside link", "file": "inside.png"},
+    ])
+    opened: list[str] = []
+    real_read_bytes = Path.read_bytes
+
+    def spy(self: Path) -> bytes:
+        opened.append(str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", spy)
+    gen = ImportGenerator(_spec(confined))
+    report = gen.report()
+    assert (report.imported, report.skipped) == (2, {"outside_folder": 3})
+    assert report.as_metadata()["import_skipped_outside_folder"] == 3
+    assert not any(str(outside) in path for path in opened), opened  # the outside files were never read
+    for prompt in ("stolen", "passwd", "through a folder link"):
+        assert not gen.has_image(prompt)
+        reason = gen.skip_reason(prompt) or ""
+        assert "outside the import folder" in reason and "outside_folder" in reason and SECRET not in reason
+    with pytest.raises(ImportSkippedError, match="outside_folder"):
+        gen.generate(["stolen"], [0])
+    assert np.array_equal(np.asarray(gen.generate(["inside link"], [0])[0]), np.asarray(_colour_image(0)))
+
+
+@pytest.mark.parametrize("option", ["../outside/outside.csv", "../outside/passwd", "/etc/passwd", "sub/../../outside/passwd"])
+def test_manifest_option_escaping_the_folder_is_an_error_that_echoes_nothing(
+    confined: Path, outside: Path, option: str
+) -> None:
+    with pytest.raises(ManifestError, match="option 'manifest'.*escapes the import folder") as error:
+        ImportGenerator(_spec(confined, manifest=option))
+    assert SECRET not in str(error.value) and "x:0:0" not in str(error.value)
+
+
+def test_symlinked_manifest_leading_out_is_refused_unread(confined: Path, outside: Path) -> None:
+    (confined / "manifest.csv").symlink_to(outside / "passwd")
+    with pytest.raises(ManifestError, match="manifest.csv resolves outside the import folder") as error:
+        ImportGenerator(_spec(confined))
+    assert SECRET not in str(error.value)
+    (confined / "manifest.csv").unlink()
+    (confined / "manifest.csv").symlink_to(outside / "outside.csv")
+    with pytest.raises(ManifestError, match="outside the import folder"):
+        ImportGenerator(_spec(confined))
+
+
+def test_manifest_errors_name_file_line_and_columns_never_content(confined: Path) -> None:
+    manifest = confined / "manifest.csv"
+    manifest.write_text(SECRET + "\n", encoding="utf-8")  # a passwd-like file in the manifest's place
+    with pytest.raises(ManifestError, match=r"manifest\.csv: line 1: needs a 'file' column") as error:
+        ImportGenerator(_spec(confined))
+    assert SECRET not in str(error.value) and "x:0:0" not in str(error.value)
+    manifest.write_bytes(b"file,prompt\ngood.png,caf\xe9 " + SECRET.encode())
+    with pytest.raises(ManifestError, match=r"not UTF-8 at byte offset 24") as error:
+        ImportGenerator(_spec(confined))
+    assert "0xe9" not in str(error.value) and "caf" not in str(error.value)
+    manifest.write_text(f"file,prompt\n/etc/{SECRET},x\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"line 2: column 'file' must be a relative path") as error:
+        ImportGenerator(_spec(confined))
+    assert SECRET not in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["../escape.png", "/abs/escape.png", "a/../../escape.png"])
+def test_s3_keys_with_dotdot_or_absolute_paths_are_refused(key: str) -> None:
+    """No request is made for a key that could leave the prefix (the client would fail if called)."""
+    from unittest.mock import MagicMock
+
+    client = MagicMock()
+    client.get_object.side_effect = AssertionError("an escaping key reached S3")
+    with pytest.raises(ManifestError, match="escapes the import folder"):
+        ImportGenerator(_spec("s3://bucket/imports/api-model", manifest=key), client=client)
+    manifest = f"file,prompt\n{key},x\n".encode()
+    client.get_object.side_effect = lambda Bucket, Key: {"Body": io.BytesIO(manifest)}
+    with pytest.raises(ManifestError, match="line 2: column 'file' must be a relative path"):
+        ImportGenerator(_spec("s3://bucket/imports/api-model"), client=client)
+    assert [c.kwargs["Key"] for c in client.get_object.call_args_list] == ["imports/api-model/manifest.csv"]
+
+
+def test_a_folder_or_fifo_in_place_of_a_file_is_never_opened(confined: Path) -> None:
+    import os
+
+    os.mkfifo(confined / "pipe.png")  # opening a FIFO would block the run forever
+    (confined / "folder.png").mkdir()
+    _write_manifest(confined, [{"prompt": "good", "file": "good.png"}, {"prompt": "pipe", "file": "pipe.png"},
+                               {"prompt": "folder", "file": "folder.png"}])
+    assert ImportGenerator(_spec(confined)).report().skipped == {"unreadable_file": 2}
+    with pytest.raises(ManifestError, match="not a regular file"):
+        ImportGenerator(_spec(confined, manifest="folder.png"))

@@ -4,7 +4,8 @@ from PIL import Image
 
 from eliq_pipeline.ml.prompts import build_prompt_bank
 from eliq_pipeline.ml.supervision import (
-    GenerationRequest, build_negatives, build_tuples, generate_images, generation_params, heldout_prompt_ids,
+    AI_SPECIFIC_METHODS, GenerationRequest, ai_specific_requests, build_negatives, build_tuples, generate_ai_specific,
+    generate_images, generation_params, heldout_prompt_ids, low_quality_skips, sampler_skips,
 )
 from eliq_pipeline.storage import LocalArtifactStore
 
@@ -82,3 +83,60 @@ def test_heldout_split_is_deterministic_per_seed():
     ids = [f"p{i}" for i in range(20)]
     assert heldout_prompt_ids(ids, 0.25, seed=1) == heldout_prompt_ids(reversed(ids), 0.25, seed=1)
     assert heldout_prompt_ids(ids, 0.25, seed=1) != heldout_prompt_ids(ids, 0.25, seed=2)
+
+
+class PartialGenerator(FakeGenerator):
+    """Serves some prompts only (`has_image`, as an `import` source does); takes `stop_step`."""
+
+    def __init__(self, served):
+        super().__init__()
+        self.served = set(served)
+
+    def has_image(self, prompt):
+        return prompt in self.served
+
+    def generate(self, prompts, seeds, stop_step=None):
+        return super().generate(prompts, [s + (stop_step or 0) for s in seeds])
+
+
+def test_ai_specific_rows_stay_matched_to_their_methods_when_a_render_is_skipped(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(3, seed=0)
+    planned = ai_specific_requests(_requests(prompts))
+    served = {r.text for r, method, _ in planned if method != "degraded_prompt"}  # every degraded prompt is skipped
+    skipped = []
+    rows, generated, reused = generate_ai_specific(store, planned, lambda gid: PartialGenerator(served),
+                                                   skipped=skipped)
+    assert (generated, reused, len(skipped)) == (3 * 3, 0, 3)
+    expected = [(r.text, m) for r, m, _ in planned if r.text in served]
+    assert [(row["prompt_used"], row["method"]) for row in rows] == expected
+    assert {row["method"] for row in rows} == {"premature_decode", "appearance_prompt", "variant_prompt"}
+
+
+def test_skips_of_generators_without_a_sampler_are_counted_per_method_with_a_reason(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(4, seed=0)
+    positives, _, _ = generate_images(store, _requests(prompts, gid="api"), lambda gid: FakeGenerator())
+    positives += generate_images(store, _requests(prompts, gid="flux"), lambda gid: FakeGenerator(salt=2))[0]
+    skips = sampler_skips(positives, {"api": "generator 'api' (import backend) has no sampler"})
+    assert set(skips) == {f"ai_specific/{m}" for m in AI_SPECIFIC_METHODS}
+    assert skips["ai_specific/premature_decode"] == {
+        "count": 4, "reason": "generator 'api' (import backend) has no sampler", "per_generator": {"api": 4}}
+    assert sampler_skips(positives, {}) == {}
+    # a low-quality import source without an image for two prompts: one missing negative per positive
+    missing = [{"generator": "lq", "prompt": p.text, "reason": "x"} for p in prompts[:2]]
+    missing.append({"generator": "lq", "prompt": "a prompt without any positive", "reason": "x"})
+    assert low_quality_skips(positives, missing)["ai_specific/low_quality_generator"]["count"] == 2 * 2
+
+
+def test_tuples_from_conventional_negatives_only_when_no_ai_specific_render_exists(tmp_path):
+    """Imported positives: no AI-specific render, no low-quality generator; tuples still cover every aspect."""
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(8, seed=0)
+    positives, _, _ = generate_images(store, _requests(prompts), lambda gid: FakeGenerator())
+    negatives, _, _ = build_negatives(store, positives, prompts, low_quality=[], seed=3, ai_generated=[])
+    assert {n["family"] for n in negatives} == {"conventional"}
+    tuples = build_tuples(positives, negatives, heldout_fraction=0.25, seed=3, tuples_per_positive=2)
+    assert len(tuples) == 16 and {t["split"] for t in tuples} == {"train", "heldout"}
+    with pytest.raises(ValueError, match=r"no \['tec', 'aes', 'ali'\] negatives in families \['ai_specific'\]"):
+        build_tuples(positives, negatives, 0.25, 3, 2, families=["ai_specific"])
