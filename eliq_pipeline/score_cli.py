@@ -3,6 +3,10 @@
 `eliq score` is built for long unattended runs: one unreadable image becomes an error row instead
 of stopping the run, the output file is rewritten atomically after every chunk, and a rerun keeps
 the rows already scored (by image + prompt) and scores only the rest.
+
+Runs sharing an --out take turns: each holds an exclusive lock (flock on ``<out>.lock``) for its
+whole run, so a second run waits, then reads what the first wrote and adds its own rows; no row
+is lost. The kernel drops the lock of a killed run, so there are no stale locks to clear.
 """
 
 from __future__ import annotations
@@ -13,12 +17,24 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-OUTPUT_COLUMNS: tuple[str, ...] = ("image", "prompt", "s_vis", "s_ali", "error")
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs sharing an --out are not serialised there
+    fcntl = None  # type: ignore[assignment]
+
+# prompt_truncated: the prompt was longer than the backbone takes and was cut to fit (its s_ali
+# judges the kept start of the prompt); appended last so the older columns keep their places.
+OUTPUT_COLUMNS: tuple[str, ...] = ("image", "prompt", "s_vis", "s_ali", "error", "prompt_truncated")
+# Outputs written before prompt_truncated existed are still read (and resumed).
+LEGACY_OUTPUT_COLUMNS: tuple[str, ...] = ("image", "prompt", "s_vis", "s_ali", "error")
+LOCK_SUFFIX = ".lock"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -27,6 +43,7 @@ class Scorer(Protocol):
     """What `score_items` needs: ELIQScorer, or a test double."""
 
     def score(self, images: Sequence[Any], prompts: Sequence[str | None], batch_size: int = 8) -> list[tuple[float, float | None]]: ...
+    # A result may carry ``prompt_truncated`` (ELIQScorer's Score does); plain pairs count as False.
 
 
 class ScorerUnavailable(ValueError):
@@ -53,6 +70,7 @@ class ScoreSummary:
     errors: int  # rows of this run with an error
     kept: int  # rows kept from an earlier run
     total: int  # rows now in the output file
+    truncated: int = 0  # rows of this run whose prompt was cut to the backbone's limit
 
 
 def _row_key(image: str, prompt: str | None) -> tuple[str, str]:
@@ -130,8 +148,20 @@ def _float_or_none(value: Any) -> float | None:
     return None if number != number else number  # NaN (e.g. from a parquet reader) -> missing
 
 
+def _bool_or_none(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    return None  # informational column: an unreadable value is unknown, not fatal
+
+
 def read_output(path: Path) -> list[dict[str, Any]]:
-    """Rows of an earlier `eliq score` output (csv or parquet), typed like fresh rows."""
+    """Rows of an earlier `eliq score` output (csv or parquet), typed like fresh rows; files
+    without the prompt_truncated column (older outputs) read with it unknown (None)."""
     path = Path(path)
     _check_output_path(path)
     if path.suffix.lower() == ".parquet":
@@ -143,7 +173,7 @@ def read_output(path: Path) -> list[dict[str, Any]]:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             columns, raw = list(reader.fieldnames or []), list(reader)
-    if tuple(columns) != OUTPUT_COLUMNS:
+    if tuple(columns) not in (OUTPUT_COLUMNS, LEGACY_OUTPUT_COLUMNS):
         raise ValueError(
             f"{path} exists but is not an `eliq score` output (columns {columns}, expected "
             f"{list(OUTPUT_COLUMNS)}); choose another --out or remove it"
@@ -155,9 +185,82 @@ def read_output(path: Path) -> list[dict[str, Any]]:
             "s_vis": _float_or_none(row["s_vis"]),
             "s_ali": _float_or_none(row["s_ali"]),
             "error": row["error"] or None,
+            "prompt_truncated": _bool_or_none(row.get("prompt_truncated")),
         }
         for row in raw
     ]
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""  # None is an empty cell
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else value  # repr of a float round-trips exactly
+
+
+# ------------------------------------------------------------------------------ one writer per --out
+
+
+def lock_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + LOCK_SUFFIX)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def output_lock(out: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of ``out`` (flock on ``<out>.lock``), waiting for it if another
+    run holds it, and say so once: ``waiting for another eliq score writing <out> (pid N)``.
+
+    The lock file holds the holder's pid and is removed on release. The kernel releases a flock
+    when its process dies (SIGKILL included), so a crashed run never leaves a stale lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    say = log or (lambda message: None)
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    say(f"waiting for another eliq score writing {out} (pid {_lock_holder(fd)})")
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The previous holder removes the file on release; a lock on a removed file guards
+            # nothing, so lock the file now at that path instead.
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            path.unlink()  # while still locked: no other run can hold this file now
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -175,7 +278,7 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             import pyarrow.parquet as pq
 
             schema = pa.schema([("image", pa.string()), ("prompt", pa.string()), ("s_vis", pa.float64()),
-                                ("s_ali", pa.float64()), ("error", pa.string())])
+                                ("s_ali", pa.float64()), ("error", pa.string()), ("prompt_truncated", pa.bool_())])
             table = pa.Table.from_pylist([{c: row[c] for c in OUTPUT_COLUMNS} for row in rows], schema=schema)
             pq.write_table(table, tmp)
         else:
@@ -183,9 +286,7 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
                 writer = csv.writer(handle)
                 writer.writerow(OUTPUT_COLUMNS)
                 for row in rows:
-                    # repr of a float round-trips exactly; None is an empty cell.
-                    writer.writerow(["" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
-                                     for c in OUTPUT_COLUMNS])
+                    writer.writerow([_csv_cell(row[c]) for c in OUTPUT_COLUMNS])
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -212,8 +313,15 @@ def _error_text(exc: BaseException) -> str:
     return " ".join(text.split())  # one line per row, whatever the exception printed
 
 
-def _row(item: ScoreItem, s_vis: float | None = None, s_ali: float | None = None, error: str | None = None) -> dict[str, Any]:
-    return {"image": item.image, "prompt": item.prompt, "s_vis": s_vis, "s_ali": s_ali, "error": error}
+def _row(item: ScoreItem, s_vis: float | None = None, s_ali: float | None = None, error: str | None = None,
+         prompt_truncated: bool | None = None) -> dict[str, Any]:
+    return {"image": item.image, "prompt": item.prompt, "s_vis": s_vis, "s_ali": s_ali, "error": error,
+            "prompt_truncated": prompt_truncated}
+
+
+def _scored_row(item: ScoreItem, result: Sequence[Any]) -> dict[str, Any]:
+    s_vis, s_ali = result
+    return _row(item, s_vis, s_ali, prompt_truncated=bool(getattr(result, "prompt_truncated", False)))
 
 
 def _score_batch(scorer: Scorer, batch: Sequence[ScoreItem], batch_size: int) -> list[dict[str, Any]]:
@@ -230,15 +338,15 @@ def _score_batch(scorer: Scorer, batch: Sequence[ScoreItem], batch_size: int) ->
     order = sorted(loaded)
     try:
         scores = scorer.score([loaded[i] for i in order], [batch[i].prompt for i in order], batch_size=batch_size) if order else []
-        for i, (s_vis, s_ali) in zip(order, scores):
-            rows[i] = _row(batch[i], s_vis, s_ali)
+        for i, result in zip(order, scores):
+            rows[i] = _scored_row(batch[i], result)
     except ScorerUnavailable:
         raise
     except Exception:
         for i in order:
             try:
-                (s_vis, s_ali), = scorer.score([loaded[i]], [batch[i].prompt], batch_size=1)
-                rows[i] = _row(batch[i], s_vis, s_ali)
+                result, = scorer.score([loaded[i]], [batch[i].prompt], batch_size=1)
+                rows[i] = _scored_row(batch[i], result)
             except Exception as exc:
                 rows[i] = _row(batch[i], error=_error_text(exc))
     return [row for row in rows if row is not None]
@@ -257,15 +365,23 @@ def score_items(
 
     Rows already in ``out`` without an error are kept and not rescored; rows with an error are
     retried (the file may have been fixed since). The file is rewritten after every
-    ``flush_every`` images, so an interrupted run loses at most one chunk of work.
+    ``flush_every`` images, so an interrupted run loses at most one chunk of work. The whole
+    run holds ``out``'s lock (:func:`output_lock`): a concurrent run on the same ``out`` waits,
+    then resumes from what this one wrote.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or flush_every < 1:
         raise ValueError("--batch-size and --flush-every must be >= 1")
     out = Path(out)
     _check_output_path(out)
     say = log or (lambda message: None)
+    with output_lock(out, say):
+        return _score_locked(scorer, items, out, batch_size, flush_every, progress, say)
+
+
+def _score_locked(scorer: Scorer, items: Sequence[ScoreItem], out: Path, batch_size: int, flush_every: int,
+                  progress: bool, say: Callable[[str], None]) -> ScoreSummary:
+    from tqdm.auto import tqdm
+
     previous = read_output(out) if out.exists() else []
     wanted = {item.key for item in items}
     # Error rows of this input are retried; everything else already in the file stays as it is.
@@ -276,19 +392,20 @@ def score_items(
         say(f"{out}: keeping {len(kept)} rows, retrying {len(previous) - len(kept)} error rows, "
             f"{len(todo)} images to score")
     results = list(kept)
-    errors = 0
+    errors = truncated = 0
     with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress, file=sys.stderr) as bar:
         for chunk_start in range(0, len(todo), flush_every):
             chunk = todo[chunk_start : chunk_start + flush_every]
             for start in range(0, len(chunk), batch_size):
                 rows = _score_batch(scorer, chunk[start : start + batch_size], batch_size)
                 errors += sum(1 for row in rows if row["error"])
+                truncated += sum(1 for row in rows if row["prompt_truncated"])
                 results.extend(rows)
                 bar.update(len(rows))
             write_output(out, results)
     if not todo:
         write_output(out, results)  # nothing to score; still leave a valid (possibly empty) file
-    return ScoreSummary(scored=len(todo), errors=errors, kept=len(kept), total=len(results))
+    return ScoreSummary(scored=len(todo), errors=errors, kept=len(kept), total=len(results), truncated=truncated)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -313,12 +430,15 @@ class _LazyScorer:
 def run_score(args: argparse.Namespace) -> int:
     import torch
 
-    from eliq_pipeline.ml.bundle import ELIQScorer, read_bundle_meta
+    from eliq_pipeline.ml.bundle import ELIQScorer, verify_bundle
 
     out = Path(args.out)
     _check_output_path(out)
     items = read_inputs(Path(args.input), args.image_column, args.prompt_column)
-    read_bundle_meta(args.bundle)  # a wrong --bundle fails now, not after reading every input
+    # A wrong or damaged --bundle fails now (BundleDamagedError names the files), before any row.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a format-1 bundle's warning comes once, from loading it
+        verify_bundle(args.bundle)
     if out.exists():
         read_output(out)  # likewise an --out that is not ours
     scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device))
@@ -331,6 +451,9 @@ def run_score(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     finally:
         torch.set_num_threads(threads)  # the process-wide setting is the caller's, not ours
+    if summary.truncated:
+        print(f"{summary.truncated} prompts were longer than the backbone takes and were cut to fit "
+              "(prompt_truncated=true in their rows)", file=sys.stderr)
     print(f"scored {summary.scored} images ({summary.errors} with errors), kept {summary.kept} from an "
           f"earlier run; {summary.total} rows in {out}")
     return 0
@@ -385,11 +508,16 @@ def register(subparsers: Any) -> None:
     score = subparsers.add_parser(
         "score", help="score images (folder or CSV) with an exported critic bundle",
         description="Score images with an ELIQ bundle. Output columns: image, prompt, s_vis, s_ali, "
-                    "error. Rerunning with the same --out keeps rows already scored.")
+                    "error, prompt_truncated (true: the prompt was longer than the backbone takes and "
+                    "its first tokens that fit were scored). Rerunning with the same --out keeps rows "
+                    "already scored. Runs sharing an --out take turns: a second run waits for the "
+                    "first (lock file <out>.lock), then adds its rows to the same file.")
     score.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `eliq export`")
     score.add_argument("--input", required=True, type=Path,
                        help="a folder of images (no prompts) or a CSV with an image column and optional prompt column")
-    score.add_argument("--out", required=True, type=Path, help="output .csv or .parquet (resumed if it exists)")
+    score.add_argument("--out", required=True, type=Path,
+                       help="output .csv or .parquet (resumed if it exists; a second run on the same file "
+                            "waits for the first, then adds its rows)")
     score.add_argument("--batch-size", type=int, default=8, help="rows per backbone forward pass (default 8)")
     score.add_argument("--base", default=None,
                        help="base backbone folder or hub id overriding the bundle's (required for tiny bundles)")

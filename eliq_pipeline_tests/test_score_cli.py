@@ -1,11 +1,19 @@
-"""`eliq score` (folders, CSVs, broken images, resume) and `eliq export` (a materialized tiny era)."""
+"""`eliq score` (folders, CSVs, broken images, resume, damaged bundles, concurrent runs, long
+prompts) and `eliq export` (a materialized tiny era)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,8 +23,18 @@ import pytest
 from PIL import Image
 
 from eliq_pipeline.ml.bundle import BUNDLE_META_FILE, ELIQScorer, export_bundle
-from eliq_pipeline.score_cli import OUTPUT_COLUMNS, main, read_inputs, read_output, register, score_items
-from eliq_pipeline_tests.ml.test_bundle import TinyParts, make_adapter, make_tiny_parts
+from eliq_pipeline.score_cli import (
+    LEGACY_OUTPUT_COLUMNS,
+    OUTPUT_COLUMNS,
+    lock_path,
+    main,
+    output_lock,
+    read_inputs,
+    read_output,
+    register,
+    score_items,
+)
+from eliq_pipeline_tests.ml.test_bundle import LONG_PROMPT, TinyParts, make_adapter, make_tiny_parts
 from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
 
 
@@ -204,6 +222,143 @@ def test_a_crash_leaves_a_valid_partial_file_and_the_rerun_completes_it(scorer: 
     fixed = CountingScorer(scorer)
     score_items(fixed, items, out, batch_size=2, progress=False)
     assert fixed.images == 1 and all(row["error"] is None for row in read_output(out))
+
+
+# ------------------------------------------------------------------------------ damaged bundles
+
+
+@pytest.mark.parametrize("name", ["head/model.safetensors", BUNDLE_META_FILE])
+def test_a_damaged_bundle_is_a_clean_error_naming_the_file(bundle: Path, name: str, tmp_path: Path, capsys) -> None:
+    damaged = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    data = (damaged / name).read_bytes()
+    (damaged / name).write_bytes(data[: len(data) // 2])  # a truncated copy
+    _write_image(tmp_path / "images" / "a.png", seed=1)
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--bundle", str(damaged), "--input", str(tmp_path / "images"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eliq: error: bundle {damaged} is damaged: {name}: ") and "Traceback" not in err
+    assert "re-export it with `eliq export`" in err and err.count("\n") == 1
+    assert not out.exists() and not lock_path(out).exists()
+
+
+# ------------------------------------------------------------------------------ concurrent runs
+
+
+def _prompted_csv(path: Path, names: list[str], seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "prompt"])
+        for i, name in enumerate(names):
+            _write_image(path.parent / name, seed=seed + i)
+            writer.writerow([name, f"a photo number {i}"])
+    return path
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_two_runs_on_one_out_take_turns_and_lose_no_rows(bundle: Path, tmp_path: Path) -> None:
+    inputs = [_prompted_csv(tmp_path / f"in{k}" / "list.csv", [f"img{k}-{i}.png" for i in range(3)], seed=40 + 10 * k)
+              for k in (0, 1)]
+    out = tmp_path / "scores.csv"
+    stderr = [tmp_path / f"run{k}.err" for k in (0, 1)]
+    with output_lock(out):  # held here until both runs are waiting, so they really overlap
+        runs = []
+        for source, err in zip(inputs, stderr):
+            argv = [sys.executable, "-m", "eliq_pipeline.score_cli", "score", "--bundle", str(bundle), "--input",
+                    str(source), "--out", str(out), "--threads", "1", "--no-progress"]
+            with err.open("w") as handle:
+                runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=handle, text=True))
+        try:
+            _wait_for(lambda: all("waiting for another eliq score writing" in e.read_text() for e in stderr), 120,
+                      "both runs to wait for the lock")
+        except BaseException:
+            for run in runs:
+                run.kill()
+            raise
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [e.read_text() for e in stderr]
+    for err in stderr:
+        assert f"waiting for another eliq score writing {out} (pid {os.getpid()})" in err.read_text()
+    rows = read_output(out)
+    assert sorted(row["image"] for row in rows) == sorted(f"img{k}-{i}.png" for k in (0, 1) for i in range(3))
+    assert all(row["error"] is None and row["s_ali"] is not None for row in rows)
+    # Whichever ran second found the first one's rows, kept them and added its own.
+    assert sorted("kept 3 from an earlier run; 6 rows" in text for text in outputs) == [False, True], outputs
+    assert not lock_path(out).exists()
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from eliq_pipeline.score_cli import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_path(out).read_text().strip() == str(holder.pid)
+        with lock_path(out).open() as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    said: list[str] = []
+    started = time.monotonic()
+    with output_lock(out, said.append):  # the kernel released the dead holder's lock
+        assert lock_path(out).read_text().strip() == str(os.getpid())
+    assert said == [] and time.monotonic() - started < 5 and not lock_path(out).exists()
+
+
+# ------------------------------------------------------------------------------ long prompts
+
+
+def test_an_over_long_prompt_is_cut_and_marked_in_its_row(bundle: Path, scorer: ELIQScorer, tmp_path: Path,
+                                                         capfd) -> None:
+    data = tmp_path / "data"
+    for i, name in enumerate(["short.png", "long.png", "none.png"]):
+        _write_image(data / name, seed=60 + i)
+    with (data / "list.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "prompt"], ["short.png", "a red car"], ["long.png", LONG_PROMPT],
+                                      ["none.png", ""]])
+    out = tmp_path / "scores.csv"
+    capfd.readouterr()
+    assert main(["score", "--bundle", str(bundle), "--input", str(data / "list.csv"), "--out", str(out),
+                 "--no-progress", "--threads", "1"]) == 0
+    captured = capfd.readouterr()
+    assert "Token indices" not in captured.err and "longer than the specified maximum" not in captured.err
+    assert "1 prompts were longer than the backbone takes and were cut to fit" in captured.err
+    with out.open(newline="") as handle:
+        raw = {row["image"]: row for row in csv.DictReader(handle)}
+    assert [raw[name]["prompt_truncated"] for name in ("short.png", "long.png", "none.png")] == ["false", "true", "false"]
+    short, long, none = read_output(out)
+    assert long["prompt_truncated"] is True and long["error"] is None and long["s_ali"] is not None
+    assert long["prompt"] == LONG_PROMPT  # the output names the prompt as given
+    assert short["prompt_truncated"] is False and none["prompt_truncated"] is False and none["s_ali"] is None
+    expected = scorer.score([Image.open(data / "short.png")], ["a red car"])[0]
+    assert (short["s_vis"], short["s_ali"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_outputs_without_the_prompt_truncated_column_resume(scorer: ELIQScorer, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    for i in range(2):
+        _write_image(folder / f"{i}.png", seed=70 + i)
+    out = tmp_path / "scores.csv"
+    out.write_text(",".join(LEGACY_OUTPUT_COLUMNS) + "\n0.png,,0.25,,\n")  # written before the column existed
+    assert read_output(out) == [{"image": "0.png", "prompt": None, "s_vis": 0.25, "s_ali": None, "error": None,
+                                 "prompt_truncated": None}]
+    counting = CountingScorer(scorer)
+    summary = score_items(counting, read_inputs(folder), out, progress=False)
+    assert (counting.images, summary.kept, summary.total) == (1, 1, 2)
+    with out.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == OUTPUT_COLUMNS
+        assert [(row["image"], row["s_vis"], row["prompt_truncated"]) for row in reader][0] == ("0.png", "0.25", "")
 
 
 # ------------------------------------------------------------------------------ export

@@ -468,6 +468,99 @@ def instruction_messages(aspect: str, prompt: str | None) -> list[dict[str, Any]
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
+# tokenizers without a real limit report a huge sentinel (int(1e30)) as model_max_length
+_NO_LIMIT = 10**8
+
+
+@dataclass(frozen=True)
+class PromptFit:
+    """A generation prompt as the alignment instruction will carry it.
+
+    ``text`` is the whitespace-normalised prompt, cut at a token boundary when the instruction
+    would not fit the backbone's sequence limit; ``tokens`` counts the prompt's tokens before
+    the cut and ``kept`` after it (equal when ``truncated`` is False).
+    """
+
+    text: str
+    truncated: bool
+    tokens: int
+    kept: int
+
+
+def sequence_limit(processor: Any) -> int | None:
+    """The most tokens one input row may have: the tokenizer's ``model_max_length`` (for the
+    Qwen3-VL checkpoints and the tiny backbone equal to ``max_position_embeddings``); None when
+    the tokenizer states no limit."""
+    limit = getattr(processor.tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < _NO_LIMIT else None
+
+
+def max_image_tokens(processor: Any) -> int:
+    """LLM tokens the largest image this processor emits takes (its pixel cap / token area)."""
+    image_processor = processor.image_processor
+    size = getattr(image_processor, "size", None) or {}
+    try:
+        max_pixels = size["longest_edge"]
+    except (KeyError, TypeError):
+        max_pixels = None
+    max_pixels = max_pixels or getattr(image_processor, "max_pixels", None)
+    area = (int(image_processor.patch_size) * int(image_processor.merge_size)) ** 2
+    return -(-int(max_pixels) // area)
+
+
+def _token_count(tokenizer: Any, text: str) -> int:
+    # verbose=False: counting a too-long text must not log "Token indices sequence length is
+    # longer than ..."; that is what this module prevents by fitting the prompt.
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _chat_text(processor: Any, aspect: str, prompt: str | None) -> str:
+    return processor.apply_chat_template(instruction_messages(aspect, prompt), tokenize=False, add_generation_prompt=True)
+
+
+def fit_prompt(processor: Any, prompt: str, reserve: int = 1) -> PromptFit:
+    """Cut ``prompt`` so the alignment row fits the backbone's sequence limit.
+
+    The budget is the limit minus the instruction and chat tokens, the tokens of the largest
+    image the processor emits (so the cut does not depend on the image), and ``reserve``
+    tokens (the SFT label column). The prompt keeps its first tokens, cut at a token
+    boundary; a prompt that fits is returned unchanged (whitespace-normalised). Idempotent:
+    fitting a fitted prompt changes nothing, so callers may fit before :func:`build_inputs`.
+    """
+    text = " ".join(str(prompt).split())
+    tokenizer = processor.tokenizer
+    encoding = tokenizer(text, add_special_tokens=False, verbose=False,
+                         return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
+    ids = list(encoding["input_ids"])
+    limit = sequence_limit(processor)
+    if limit is None:
+        return PromptFit(text, False, len(ids), len(ids))
+    # The chat text holds one image placeholder token that the processor expands to the image's.
+    fixed = max_image_tokens(processor) - 1 + reserve
+
+    def excess(candidate: str) -> int:
+        return _token_count(tokenizer, _chat_text(processor, "ali", candidate)) + fixed - limit
+
+    over = excess(text)
+    if over <= 0:
+        return PromptFit(text, False, len(ids), len(ids))
+    keep = len(ids) - over
+    offsets = encoding.get("offset_mapping")
+    while keep > 0:
+        if offsets is not None:
+            cut = text[: offsets[keep - 1][1]].rstrip()
+        else:  # slow tokenizers have no offsets: decode the kept tokens instead
+            cut = " ".join(tokenizer.decode(ids[:keep], skip_special_tokens=True).split())
+        over = excess(cut) if cut else 1
+        if over <= 0:
+            return PromptFit(cut, True, len(ids), _token_count(tokenizer, cut))
+        keep -= max(over, 1)  # boundary merges can differ by a token or two: step down again
+    raise ValueError(
+        f"the alignment instruction and the largest image already take the backbone's whole "
+        f"limit of {limit} tokens; no prompt fits"
+    )
+
+
 def label_token_ids(tokenizer: Any) -> dict[str, int]:
     """Token id of each answer word; each must be exactly one token (it is the whole target)."""
     ids: dict[str, int] = {}
@@ -490,7 +583,8 @@ def build_inputs(
 
     The last column is every row's final input token. With ``add_label`` the label token is
     appended as a new last column and ``labels`` is -100 everywhere except that column, so the
-    causal-LM loss covers only the single answer token.
+    causal-LM loss covers only the single answer token. Alignment prompts longer than the
+    backbone takes are cut to fit (:func:`fit_prompt`), with room left for the label column.
     """
     if not (len(images) == len(aspects) == len(prompts)):
         raise ValueError("images, aspects and prompts must have the same length")
@@ -498,10 +592,9 @@ def build_inputs(
         raise ValueError("add_label must have one label per row")
     if not images:
         raise ValueError("empty batch")
+    # An over-long prompt is cut to the backbone's limit (fit_prompt) instead of overrunning it.
     texts = [
-        processor.apply_chat_template(
-            instruction_messages(aspect, prompt), tokenize=False, add_generation_prompt=True
-        )
+        _chat_text(processor, aspect, fit_prompt(processor, prompt).text if aspect == "ali" and prompt else prompt)
         for aspect, prompt in zip(aspects, prompts)
     ]
     batch = processor(

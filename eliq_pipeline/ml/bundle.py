@@ -2,11 +2,17 @@
 
 A bundle folder holds everything that defines the critic except the base MLLM weights:
 
-    eliq_bundle.json   format version, base reference + fingerprint, hidden size, head config,
-                       adapter fingerprint, head checksum (what from_pretrained checks)
+    eliq_bundle.json   the manifest: format version, base reference + fingerprint, hidden size,
+                       head config, adapter fingerprint, and ``files``: the sha256 and size of
+                       every other file of the bundle; ``manifest_sha256`` seals the manifest
     adapter/           the tuned backbone folder (peft LoRA + processor + eliq_backbone.json)
     head/              the scoring head (gated fusion + QQT), safetensors + config.json
     calibration.json   optional monotonic linear maps raw score -> MOS range for s_vis / s_ali
+
+A bundle is sealed: ``from_pretrained`` checks every file against the manifest before loading
+anything and raises :class:`BundleDamagedError` naming each file that is missing, truncated,
+modified or added where it would be loaded (adapter/, head/, calibration.json); other files
+added at the top level are ignored (never loaded).
 
 The base is referenced, not copied (16 GB for the production backbone): a hub id or local path
 is loaded as recorded; the toy ``tiny:`` backbone is built in code, so its users pass the
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eliq_pipeline.ml.backbone import backbone_fingerprint
+from eliq_pipeline.ml.backbone import PromptFit, backbone_fingerprint, fit_prompt, sequence_limit
 from eliq_pipeline.ml.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
 from eliq_pipeline.ml.images import sha256_file
@@ -52,7 +58,8 @@ from eliq_pipeline.ml.scorer import (
 
 BUNDLE_META_FILE = "eliq_bundle.json"
 BUNDLE_FORMAT = "eliq-scorer-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: sealed (files + manifest_sha256); 1: calibration.json unchecked
+READABLE_VERSIONS = (1, 2)
 ADAPTER_DIR = "adapter"
 HEAD_DIR = "head"
 CALIBRATION_FILE = "calibration.json"
@@ -61,6 +68,28 @@ CALIBRATION_FORMAT = "eliq-calibration"
 # Files of a stored directory artifact that are not part of its content (the artifact store's
 # per-upload completion marker); they must not travel into a bundle.
 _NOT_CONTENT = ("_COMPLETE",)
+# Where a file that is not in the manifest would be loaded (so must not be there).
+_LOADED_DIRS = (ADAPTER_DIR, HEAD_DIR)
+_REQUIRED_KEYS = {
+    1: ("base_ref", "base_fingerprint", "hidden_size", "head_config", "adapter_fingerprint", "head_sha256"),
+    2: ("base_ref", "base_fingerprint", "hidden_size", "head_config", "adapter_fingerprint", "head_sha256",
+        "files", "manifest_sha256"),
+}
+_REEXPORT_HINT = "re-export it with `eliq export`"
+
+
+class BundleDamagedError(ValueError):
+    """A bundle file is missing, truncated, modified, unparsable or unexpectedly present.
+
+    ``files`` names each file at fault, relative to the bundle folder; the message names them
+    too: ``bundle /x/critic is damaged: head/model.safetensors: sha256 mismatch (...)``.
+    """
+
+    def __init__(self, bundle: Path, problems: Sequence[tuple[str, str]]) -> None:
+        self.bundle = Path(bundle)
+        self.files = [name for name, _ in problems]
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems)
+        super().__init__(f"bundle {self.bundle} is damaged: {listed} ({_REEXPORT_HINT})")
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -140,6 +169,82 @@ def resolve_base(base_ref: str, base_override: str | None, where: str) -> str:
     return base_ref
 
 
+# ------------------------------------------------------------------------------ the manifest
+
+
+def _sha256_uncached(path: Path) -> str:
+    """Read the file now (images.sha256_file memoises on size + mtime, which a seal must not)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_manifest(root: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file below ``root`` except the manifest itself."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != BUNDLE_META_FILE)
+    return {p.relative_to(root).as_posix(): {"sha256": _sha256_uncached(p), "size": p.stat().st_size} for p in files}
+
+
+def _manifest_digest(meta: dict[str, Any]) -> str:
+    """The manifest cannot list its own hash; it carries the hash of its other keys instead."""
+    body = {key: value for key, value in meta.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _valid_manifest_name(name: Any) -> bool:
+    """A relative POSIX path inside the bundle (a crafted manifest must not point outside it)."""
+    if not isinstance(name, str) or not name or name == BUNDLE_META_FILE or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _check_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Every listed file present with its size and sha256; nothing unlisted where it is loaded."""
+    problems: list[tuple[str, str]] = []
+    for name, entry in sorted(files.items()):
+        path = root / name
+        if not path.is_file():
+            problems.append((name, "missing"))
+            continue
+        size = path.stat().st_size
+        if size != entry["size"]:
+            what = "truncated" if size < entry["size"] else "grown"
+            problems.append((name, f"{what} ({size} bytes, the manifest records {entry['size']})"))
+        elif _sha256_uncached(path) != entry["sha256"]:
+            problems.append((name, "sha256 mismatch (modified after export)"))
+    candidates = [p for folder in _LOADED_DIRS if (root / folder).is_dir() for p in (root / folder).rglob("*")]
+    candidates.append(root / CALIBRATION_FILE)
+    for path in sorted(candidates):
+        relative = path.relative_to(root)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if path.is_file() and relative.as_posix() not in files and not hidden and path.name not in _NOT_CONTENT:
+            problems.append((relative.as_posix(), "not in the manifest (added after export; it would be loaded)"))
+    if problems:
+        raise BundleDamagedError(root, problems)
+
+
+def verify_bundle(bundle_dir: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, after checking every file it lists (see the module docstring).
+
+    Raises FileNotFoundError for a folder that is not a bundle, BundleDamagedError naming the
+    files at fault for a damaged one. A format-1 bundle (written before bundles were sealed)
+    is read with a warning: only its head and adapter checksums can be checked.
+    """
+    root = Path(bundle_dir)
+    meta = read_bundle_meta(root)
+    if meta["format_version"] == 1:
+        warnings.warn(
+            f"bundle {root} has format version 1: its calibration.json is not covered by checksums; "
+            "save it again (ELIQScorer.save_pretrained) or re-export it to seal it",
+            stacklevel=2,
+        )
+        return meta
+    _check_files(root, meta["files"])
+    return meta
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Optional post-hoc maps for the two scores (paper 3.3.6); each is rank-preserving."""
@@ -191,6 +296,7 @@ def _write_bundle(
         save_scoring_head(head, head.config, staging / HEAD_DIR)
         if not calibration.empty:
             (staging / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=2, sort_keys=True) + "\n")
+        files = _file_manifest(staging)
         meta = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
@@ -202,7 +308,9 @@ def _write_bundle(
             "head_sha256": sha256_file(staging / HEAD_DIR / WEIGHTS_NAME),
             "neutral_prompt": NEUTRAL_PROMPT,
             "provenance": provenance or {},
+            "files": files,
         }
+        meta["manifest_sha256"] = _manifest_digest(meta)
         # Written last: a folder with eliq_bundle.json always has every part it describes.
         (staging / BUNDLE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
@@ -242,6 +350,34 @@ def export_bundle(
 
 
 # ------------------------------------------------------------------------------ the scorer
+
+
+class Score(tuple):
+    """One image's scores. Unpacks as ``(s_vis, s_ali)`` and compares as that pair; also says
+    whether its prompt was cut to the backbone's sequence limit before the alignment question
+    (``prompt_truncated``; ``prompt_fit`` has the token counts, None without a prompt)."""
+
+    prompt_fit: PromptFit | None
+
+    def __new__(cls, s_vis: float, s_ali: float | None, prompt_fit: PromptFit | None = None) -> Score:
+        self = super().__new__(cls, (s_vis, s_ali))
+        self.prompt_fit = prompt_fit
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickle / copy
+        return (self[0], self[1], self.prompt_fit)
+
+    @property
+    def s_vis(self) -> float:
+        return self[0]
+
+    @property
+    def s_ali(self) -> float | None:
+        return self[1]
+
+    @property
+    def prompt_truncated(self) -> bool:
+        return self.prompt_fit is not None and self.prompt_fit.truncated
 
 
 class ELIQScorer:
@@ -320,12 +456,13 @@ class ELIQScorer:
         """Load a folder written by :meth:`save_pretrained` or :func:`export_bundle`.
 
         ``base_override`` points at the base elsewhere (a local mirror of the hub id, or the
-        folder a ``tiny:`` backbone was built into). Every part is checked against
-        ``eliq_bundle.json`` before the backbone weights are loaded. ``dtype`` defaults to
+        folder a ``tiny:`` backbone was built into). Every file is checked against the
+        manifest ``eliq_bundle.json`` before anything is loaded (:func:`verify_bundle`; a damaged
+        bundle raises :class:`BundleDamagedError` naming the files). ``dtype`` defaults to
         float32 on CPU and bf16 on CUDA, as in the pipeline that produced the training embeddings.
         """
         root = Path(bundle_dir)
-        meta = read_bundle_meta(root)
+        meta = verify_bundle(root)
         adapter_dir, head_dir = root / ADAPTER_DIR, root / HEAD_DIR
         for required in (adapter_dir / TUNED_META_FILE, adapter_dir / "adapter_config.json",
                          head_dir / CONFIG_NAME, head_dir / WEIGHTS_NAME):
@@ -354,7 +491,8 @@ class ELIQScorer:
         if verify_base:
             _check_base_fingerprint(meta["base_fingerprint"], resolved, f"bundle {root}")
         calibration = Calibration()
-        if (root / CALIBRATION_FILE).is_file():
+        # A sealed bundle loads calibration.json only when its manifest lists it.
+        if (root / CALIBRATION_FILE).is_file() and (meta["format_version"] == 1 or CALIBRATION_FILE in meta["files"]):
             calibration = Calibration.from_dict(json.loads((root / CALIBRATION_FILE).read_text()), str(root / CALIBRATION_FILE))
         model, processor = load_tuned_backbone(adapter_dir, base_override=resolved, device=device, dtype=dtype)
         return cls(model, processor, head, adapter_dir, base_ref, meta["base_fingerprint"], calibration, device,
@@ -371,6 +509,16 @@ class ELIQScorer:
     def hidden_size(self) -> int:
         return self.head.config.hidden_size
 
+    @property
+    def prompt_limit(self) -> int | None:
+        """Most tokens of one backbone input row (instruction + image + prompt); None: no limit."""
+        return sequence_limit(self.processor)
+
+    def fit_prompts(self, prompts: Sequence[str | None]) -> list[PromptFit | None]:
+        """Each prompt as the alignment question carries it: cut at a token boundary when the
+        row would exceed :attr:`prompt_limit` (None for a missing or blank prompt)."""
+        return [fit_prompt(self.processor, prompt) if has_prompt(prompt) else None for prompt in prompts]
+
     def embed(
         self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -379,7 +527,8 @@ class ELIQScorer:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         n = len(images)
-        # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15).
+        # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15). Over-long
+        # prompts are cut to the backbone's limit inside build_inputs (see fit_prompts).
         ali_prompts = [prompt if has_prompt(prompt) else NEUTRAL_PROMPT for prompt in prompts]
         z_tec, z_aes, z_ali = (
             extract_aspect_embeddings(self.model, self.processor, images, [aspect] * n,
@@ -399,17 +548,24 @@ class ELIQScorer:
 
     def score(
         self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
-    ) -> list[tuple[float, float | None]]:
+    ) -> list[Score]:
         """(s_vis, s_ali) per image, calibrated when a calibration is set; s_ali is None for
-        images without a prompt (their alignment branch saw only the neutral caption)."""
-        s_vis, s_ali = self.raw_scores(images, prompts, batch_size)
+        images without a prompt (their alignment branch saw only the neutral caption).
+
+        A prompt longer than the backbone takes is cut to its first tokens that fit (see
+        :meth:`fit_prompts`), silently: the row's ``prompt_truncated`` records it.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        fits = self.fit_prompts(prompts)
+        s_vis, s_ali = self.raw_scores(images, [None if fit is None else fit.text for fit in fits], batch_size)
         if self.calibration.s_vis is not None:
             s_vis = self.calibration.s_vis(s_vis)
         if self.calibration.s_ali is not None:
             s_ali = self.calibration.s_ali(s_ali)
         return [
-            (float(vis), float(ali) if has_prompt(prompt) else None)
-            for vis, ali, prompt in zip(s_vis, s_ali, prompts)
+            Score(float(vis), float(ali) if fit is not None else None, fit)
+            for vis, ali, fit in zip(s_vis, s_ali, fits)
         ]
 
     def calibrate(
@@ -450,15 +606,41 @@ class ELIQScorer:
 
 
 def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """The parsed manifest of a bundle, itself checked (parse, keys, manifest_sha256), not the
+    files it lists: :func:`verify_bundle` checks those."""
     root = Path(bundle_dir)
     path = root / BUNDLE_META_FILE
     if not root.is_dir():
         raise FileNotFoundError(f"bundle folder {root} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not an ELIQ scorer bundle (no {BUNDLE_META_FILE})")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # e.g. truncated: "Unterminated string"
+        raise BundleDamagedError(root, [(BUNDLE_META_FILE, f"not valid JSON ({exc})")]) from exc
+    if not isinstance(meta, dict):
+        raise BundleDamagedError(root, [(BUNDLE_META_FILE, f"not a JSON object but {type(meta).__name__}")])
+    # Checked first: an edited byte anywhere in a sealed manifest (its format too) is damage.
+    if "manifest_sha256" in meta and meta["manifest_sha256"] != _manifest_digest(meta):
+        raise BundleDamagedError(root, [(BUNDLE_META_FILE, "content does not match its manifest_sha256 (modified after export)")])
     if meta.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path} is not an ELIQ scorer bundle (format {meta.get('format')!r})")
-    if meta.get("format_version") != BUNDLE_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {meta.get('format_version')!r} (this code reads {BUNDLE_VERSION})")
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{path}: unsupported format_version {version!r} (this code reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    missing = [key for key in _REQUIRED_KEYS[version] if key not in meta]
+    if missing:
+        raise BundleDamagedError(root, [(BUNDLE_META_FILE, f"missing keys {', '.join(missing)}")])
+    if version == 1:
+        return meta
+    files = meta["files"]
+    well_formed = isinstance(files, dict) and all(
+        _valid_manifest_name(name) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("size"), int) for name, entry in files.items()
+    )
+    if not well_formed:
+        raise BundleDamagedError(root, [(BUNDLE_META_FILE, "its files list is malformed")])
     return meta

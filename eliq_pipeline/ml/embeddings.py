@@ -50,7 +50,9 @@ def extract_aspect_embeddings(
 
     tec/aes ignore the prompt; ali requires it. The model is put in eval mode (no dropout) and
     run without gradients; rows are batched with left padding so each row's final input token
-    is the last column, which makes batched results match one-by-one results.
+    is the last column, which makes batched results match one-by-one results. An ali prompt
+    longer than the backbone takes is embedded as its first tokens that fit
+    (:func:`~eliq_pipeline.ml.backbone.fit_prompt`), never past the model's sequence limit.
     """
     n = len(images)
     if not (n == len(aspects) == len(prompts)):

@@ -1,9 +1,13 @@
-"""ELIQScorer bundles: round trip, batch-size invariance, calibration, and clear refusals."""
+"""ELIQScorer bundles: round trip, batch-size invariance, calibration, sealing, long prompts and
+clear refusals."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +21,18 @@ from eliq_pipeline.ml.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.ml.bundle import (
     ADAPTER_DIR,
     BUNDLE_META_FILE,
+    BUNDLE_VERSION,
     CALIBRATION_FILE,
+    BundleDamagedError,
     Calibration,
     HEAD_DIR,
     ELIQScorer,
+    Score,
     export_bundle,
+    verify_bundle,
 )
 from eliq_pipeline.ml.instruction_tuning import save_tuned_backbone
-from eliq_pipeline.ml.scorer import ELIQScoringHead, ScorerConfig, save_scoring_head
+from eliq_pipeline.ml.scorer import ELIQScoringHead, LinearCalibration, ScorerConfig, save_scoring_head
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,11 @@ def _copy(bundle: Path, target: Path) -> Path:
 def test_round_trip_gives_identical_scores(scorer: ELIQScorer, bundle_dir: Path, parts: TinyParts, tmp_path: Path) -> None:
     assert {p.name for p in bundle_dir.iterdir()} == {ADAPTER_DIR, HEAD_DIR, BUNDLE_META_FILE}
     meta = json.loads((bundle_dir / BUNDLE_META_FILE).read_text())
-    assert meta["format_version"] == 1 and meta["hidden_size"] == 64 and meta["base_ref"] == str(parts.base)
+    assert meta["format_version"] == BUNDLE_VERSION == 2 and meta["hidden_size"] == 64 and meta["base_ref"] == str(parts.base)
+    on_disk = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
+    assert set(meta["files"]) == on_disk - {BUNDLE_META_FILE}  # every file but the manifest is sealed
+    assert {"head/model.safetensors", "head/config.json", "adapter/adapter_config.json"} <= set(meta["files"])
+    assert all(entry["size"] == (bundle_dir / name).stat().st_size for name, entry in meta["files"].items())
     assert meta["base_fingerprint"].startswith("dir-sha256:") and meta["adapter_fingerprint"].startswith("adapter-sha256:")
     assert meta["head_config"]["d_model"] == 32
 
@@ -183,8 +195,9 @@ def test_head_for_another_hidden_size_is_refused(parts: TinyParts, bundle_dir: P
     swapped = _copy(bundle_dir, tmp_path / "swapped")
     shutil.rmtree(swapped / HEAD_DIR)
     shutil.copytree(head32, swapped / HEAD_DIR)
-    with pytest.raises(ValueError, match=message):
-        ELIQScorer.from_pretrained(swapped)
+    with pytest.raises(BundleDamagedError, match=r"head/config\.json: .*head/model\.safetensors: ") as caught:
+        ELIQScorer.from_pretrained(swapped)  # a swapped part breaks the seal before any shape check
+    assert set(caught.value.files) >= {"head/config.json", "head/model.safetensors"}
 
 
 def test_another_base_backbone_is_refused(parts: TinyParts, bundle_dir: Path, tmp_path: Path) -> None:
@@ -199,12 +212,13 @@ def test_mixed_up_or_missing_parts_are_refused(parts: TinyParts, bundle_dir: Pat
     mixed = _copy(bundle_dir, tmp_path / "mixed")
     shutil.rmtree(mixed / ADAPTER_DIR)
     make_adapter(parts.base, mixed / ADAPTER_DIR, seed=7)
-    with pytest.raises(ValueError, match="adapter/ has fingerprint .* parts were mixed up or modified"):
+    with pytest.raises(BundleDamagedError, match=r"is damaged: .*adapter/adapter_model\.safetensors: sha256 mismatch") as caught:
         ELIQScorer.from_pretrained(mixed)
+    assert "adapter/adapter_model.safetensors" in caught.value.files
 
     incomplete = _copy(bundle_dir, tmp_path / "incomplete")
     (incomplete / ADAPTER_DIR / "adapter_config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="incomplete: adapter/adapter_config.json is missing"):
+    with pytest.raises(BundleDamagedError, match=r"is damaged: adapter/adapter_config\.json: missing \(re-export"):
         ELIQScorer.from_pretrained(incomplete)
 
     no_meta = _copy(bundle_dir, tmp_path / "no-meta")
@@ -232,3 +246,152 @@ def test_tiny_base_reference_needs_an_override(parts: TinyParts, tmp_path: Path)
         ELIQScorer.from_pretrained(bundle)
     scores = ELIQScorer.from_pretrained(bundle, base_override=str(parts.base)).score(images([(64, 64)]), ["a cat"])
     assert len(scores) == 1 and scores[0][1] is not None
+
+
+# ------------------------------------------------------------------------------ sealed bundles
+
+
+@pytest.fixture(scope="module")
+def calibrated_bundle(scorer: ELIQScorer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with every kind of file, calibration.json included."""
+    scorer.calibration = Calibration(s_vis=LinearCalibration(2.0, 1.0), s_ali=LinearCalibration(0.5, 3.0))
+    try:
+        return scorer.save_pretrained(tmp_path_factory.mktemp("sealed") / "critic")
+    finally:
+        scorer.calibration = Calibration()
+
+
+def _flip_byte(path: Path, at: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if at is None else at
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "modify one byte":
+        _flip_byte(path)
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["modify one byte", "truncate", "delete"])
+def test_damage_to_any_file_of_the_bundle_names_that_file(calibrated_bundle: Path, how: str, tmp_path: Path) -> None:
+    bundle = _copy(calibrated_bundle, tmp_path / "critic")
+    listed = sorted(json.loads((bundle / BUNDLE_META_FILE).read_text())["files"])
+    assert CALIBRATION_FILE in listed and len(listed) >= 6
+    expected = {"modify one byte": "sha256 mismatch", "truncate": "truncated", "delete": "missing"}[how]
+    for name in listed:  # every file the manifest lists, one at a time
+        path = bundle / name
+        original = path.read_bytes()
+        assert original, f"{name} is empty; nothing to damage"
+        _damage(path, how)
+        try:
+            with pytest.raises(BundleDamagedError) as caught:
+                ELIQScorer.from_pretrained(bundle)
+            assert caught.value.files == [name], (name, str(caught.value))
+            assert isinstance(caught.value, ValueError)
+            message = str(caught.value)
+            assert message.startswith(f"bundle {bundle} is damaged: {name}: {expected}"), message
+            assert message.endswith("(re-export it with `eliq export`)")
+        finally:
+            path.write_bytes(original)
+    assert verify_bundle(bundle)["format_version"] == 2  # restored: sealed again
+
+
+def test_every_byte_of_the_manifest_is_sealed(calibrated_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(calibrated_bundle, tmp_path / "critic")
+    manifest = bundle / BUNDLE_META_FILE
+    original = manifest.read_bytes()
+    for at in range(len(original)):  # every single-byte change: unparsable or off its own checksum
+        _flip_byte(manifest, at)
+        with pytest.raises(BundleDamagedError, match=f"is damaged: {BUNDLE_META_FILE}: ") as caught:
+            verify_bundle(bundle)
+        assert caught.value.files == [BUNDLE_META_FILE], at
+        manifest.write_bytes(original)
+
+    manifest.write_bytes(original[: len(original) // 2])
+    with pytest.raises(BundleDamagedError, match=r"is damaged: eliq_bundle\.json: not valid JSON \(Unterminated"):
+        ELIQScorer.from_pretrained(bundle)
+    manifest.write_bytes(b"")
+    with pytest.raises(BundleDamagedError, match=r"eliq_bundle\.json: not valid JSON"):
+        ELIQScorer.from_pretrained(bundle)
+    meta = json.loads(original)
+    del meta["files"], meta["manifest_sha256"]
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(BundleDamagedError, match=r"eliq_bundle\.json: missing keys files, manifest_sha256"):
+        ELIQScorer.from_pretrained(bundle)
+
+
+def test_calibration_is_sealed_and_extra_files_are_refused_only_where_loaded(calibrated_bundle: Path, bundle_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    # The reported bug: an edited calibration.json moved every score without an error.
+    edited = _copy(calibrated_bundle, tmp_path / "edited")
+    calibration = json.loads((edited / CALIBRATION_FILE).read_text())
+    calibration["s_vis"]["slope"] = 20.0
+    (edited / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(BundleDamagedError, match=r"calibration\.json: "):
+        ELIQScorer.from_pretrained(edited)
+    # A calibration.json dropped into an uncalibrated bundle would be loaded: refused.
+    added = _copy(bundle_dir, tmp_path / "added")
+    shutil.copy(calibrated_bundle / CALIBRATION_FILE, added / CALIBRATION_FILE)
+    with pytest.raises(BundleDamagedError, match=r"calibration\.json: not in the manifest"):
+        ELIQScorer.from_pretrained(added)
+    (added / CALIBRATION_FILE).unlink()
+    (added / HEAD_DIR / "extra.json").write_text("{}")
+    (added / ADAPTER_DIR / "chat_template.jinja.bak").write_text("x")
+    with pytest.raises(BundleDamagedError) as caught:
+        verify_bundle(added)
+    assert caught.value.files == ["adapter/chat_template.jinja.bak", "head/extra.json"]
+    # Files that are never loaded are fine: notes at the top level, hidden files (.DS_Store).
+    (added / HEAD_DIR / "extra.json").unlink()
+    (added / ADAPTER_DIR / "chat_template.jinja.bak").unlink()
+    (added / "NOTES.txt").write_text("exported for the March review")
+    (added / ADAPTER_DIR / ".DS_Store").write_bytes(b"\0")
+    assert verify_bundle(added)["format_version"] == 2
+
+
+def test_format_1_bundles_still_load_with_a_warning(bundle_dir: Path, tmp_path: Path) -> None:
+    old = _copy(bundle_dir, tmp_path / "v1")
+    meta = json.loads((old / BUNDLE_META_FILE).read_text())
+    del meta["files"], meta["manifest_sha256"]
+    meta["format_version"] = 1
+    (old / BUNDLE_META_FILE).write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="format version 1: its calibration.json is not covered"):
+        loaded = ELIQScorer.from_pretrained(old)
+    resealed = loaded.save_pretrained(tmp_path / "v2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert verify_bundle(resealed)["format_version"] == 2
+
+
+# ------------------------------------------------------------------------------ long prompts
+
+
+LONG_PROMPT = ("The quick brown fox jumps over the lazy dog; zebras quaff vexing jynx! " * 150)[:10_000]
+
+
+def test_an_over_long_prompt_is_cut_to_the_backbone_limit(scorer: ELIQScorer, capfd) -> None:
+    batch = images([(96, 96), (128, 64), (64, 64)], seed=11)
+    capfd.readouterr()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Python warning either
+        results = scorer.score(batch, ["a red car", LONG_PROMPT, None], batch_size=3)
+    elapsed = time.perf_counter() - started
+    assert capfd.readouterr().err == ""  # no "Token indices sequence length is longer than ..."
+    normal, long, none = results
+    assert isinstance(long, Score) and long == (long.s_vis, long.s_ali) and long.s_ali is not None
+    assert long.prompt_truncated and not normal.prompt_truncated and not none.prompt_truncated
+    fit = long.prompt_fit
+    assert fit.tokens > scorer.prompt_limit > fit.kept > 3000  # most of the limit goes to the prompt
+    assert LONG_PROMPT.startswith(fit.text)
+    # The truncated prompt is what was scored: the same as passing its kept part.
+    (vis, ali), = scorer.score(batch[1:2], [fit.text])
+    assert (vis, ali) == pytest.approx((long.s_vis, long.s_ali), abs=1e-5)
+    # A normal prompt's row is unaffected by the long one in its batch.
+    assert tuple(normal) == pytest.approx(scorer.score(batch[:1], ["a red car"])[0], abs=1e-5)
+    assert pickle.loads(pickle.dumps(long)).prompt_truncated
+    assert elapsed < 60

@@ -1,4 +1,5 @@
-"""Frozen aspect embeddings: final input token, last layer, batched == one-by-one."""
+"""Frozen aspect embeddings: final input token, last layer, batched == one-by-one, over-long
+prompts cut to the backbone's limit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eliq_pipeline.ml.backbone import build_inputs, build_tiny_backbone, load_backbone
+from eliq_pipeline.ml.backbone import (
+    build_inputs,
+    build_tiny_backbone,
+    fit_prompt,
+    load_backbone,
+    max_image_tokens,
+    sequence_limit,
+)
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
 
 
@@ -105,3 +113,33 @@ def test_empty_input_and_throughput_report(backbone) -> None:
     rate = len(images) / (time.perf_counter() - start)
     print(f"tiny backbone embedding throughput: {rate:.1f} (image, aspect) pairs/s at batch 16")
     assert z.shape[0] == 32 and torch.isfinite(z).all()
+
+
+def test_an_over_long_prompt_is_cut_to_fit_the_backbone(backbone, capfd) -> None:
+    model, processor = backbone
+    limit = sequence_limit(processor)
+    assert limit == processor.tokenizer.model_max_length == model.config.text_config.max_position_embeddings == 4096
+    assert max_image_tokens(processor) == 36  # the tiny processor's pixel cap / (16 * 2)^2
+    long = ("The quick brown fox jumps over the lazy dog; zebras quaff vexing jynx! " * 150)[:10_000]
+    capfd.readouterr()
+    fit = fit_prompt(processor, long)
+    assert fit.truncated and fit.tokens > limit > fit.kept > limit - 100 and long.startswith(fit.text)
+    assert fit_prompt(processor, fit.text) == fit.__class__(fit.text, False, fit.kept, fit.kept)  # idempotent
+    short = fit_prompt(processor, "  a red\n bicycle ")
+    assert (short.text, short.truncated, short.tokens == short.kept) == ("a red bicycle", False, True)
+
+    # The largest image plus the SFT label column still fit the limit.
+    image = _images([(600, 600)], seed=9)[0]
+    inputs = build_inputs(processor, [image], ["ali"], [long], add_label=["high"])
+    assert inputs["input_ids"].shape[1] <= limit
+    z = extract_aspect_embeddings(model, processor, [image, image], ["ali", "ali"], [long, fit.text])
+    assert torch.equal(z[0], z[1])  # the long prompt is embedded as its kept part
+    assert capfd.readouterr().err == ""  # no tokenizer warning about the sequence length
+
+    # A tokenizer that states no limit cuts nothing.
+    before = processor.tokenizer.model_max_length
+    processor.tokenizer.model_max_length = int(1e30)
+    try:
+        assert sequence_limit(processor) is None and not fit_prompt(processor, long).truncated
+    finally:
+        processor.tokenizer.model_max_length = before
