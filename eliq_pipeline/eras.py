@@ -192,29 +192,26 @@ IMPORT_OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def _check_params(path: Path, gid: str, backend: str, params: dict[str, Any]) -> None:
-    rules = _ml_rules()
-    where = f"generators.{gid}.params"
-    unknown = sorted(set(params) - rules.known_params, key=str)
+def _check_options(path: Path, where: str, gid: str, what: str, options: dict[str, Any], known: set[str] | frozenset[str],
+                   rules: dict[str, Any]) -> None:
+    """Unknown keys of a params / call_kwargs mapping, then each known key's value rule."""
+    unknown = sorted(set(options) - set(known), key=str)
     if unknown:
-        raise _fail(path, where, f"generator {gid!r}: unknown param(s) {unknown}; "
-                                 f"known: {', '.join(sorted(rules.known_params))}")
-    for key, value in params.items():
-        wanted = PARAM_RULES.get(key, lambda _v: None)(value)
+        raise _fail(path, where, f"generator {gid!r}: unknown {what}(s) {unknown}; known: {', '.join(sorted(known))}")
+    for key, value in options.items():
+        wanted = rules.get(key, lambda _v: None)(value)
         if wanted:
             raise _fail(path, f"{where}.{key}", f"generator {gid!r}: {key} must be {wanted}, "
                                                 f"got {type(value).__name__} {value!r}")
+
+
+def _check_params(path: Path, gid: str, backend: str, params: dict[str, Any]) -> None:
+    rules = _ml_rules()
+    where = f"generators.{gid}.params"
+    _check_options(path, where, gid, "param", params, rules.known_params, PARAM_RULES)
     if backend == "import":
-        options = params.get("call_kwargs") or {}
-        unknown = sorted(set(options) - rules.import_options, key=str)
-        if unknown:
-            raise _fail(path, f"{where}.call_kwargs", f"generator {gid!r}: unknown import option(s) {unknown}; "
-                                                      f"known: {', '.join(sorted(rules.import_options))}")
-        for key, value in options.items():
-            wanted = IMPORT_OPTION_RULES.get(key, lambda _v: None)(value)
-            if wanted:
-                raise _fail(path, f"{where}.call_kwargs.{key}", f"generator {gid!r}: {key} must be {wanted}, "
-                                                                f"got {type(value).__name__} {value!r}")
+        _check_options(path, f"{where}.call_kwargs", gid, "import option", params.get("call_kwargs") or {},
+                       rules.import_options, IMPORT_OPTION_RULES)
 
 
 def _tiny_arch(model: str) -> str | None:

@@ -20,6 +20,10 @@ def test_dagster_yaml_is_a_valid_instance_with_one_gpu_slot_and_no_telemetry(tmp
     with dg.DagsterInstance.get() as instance:
         assert instance.get_settings("telemetry")["enabled"] is False
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        # daemon-launched runs: ended runs give their pool slots back, stuck starts are failed
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+        assert instance.run_monitoring_start_timeout_seconds > 0
         assert (tmp_path / "storage").is_dir()
     assert {a.key.to_user_string() for a in ELIQ_ASSETS if a.op.pool == "gpu"} == {
         "positive_images", "negative_images", "tuned_mllm", "aspect_embeddings"}

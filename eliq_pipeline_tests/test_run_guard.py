@@ -146,7 +146,7 @@ def test_a_second_materialize_with_wait_queues_behind_the_first(tmp_path):
 
 def test_an_artifact_gone_from_the_store_is_rebuilt(tmp_path):
     env = pipeline_env(tmp_path / "home", write_eras(tmp_path / "eras.yaml"))
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with dg.instance_for_test() as instance:
         [run] = materialize_eras(instance=instance, env=env, log=lambda _: None)
         assert run.status == "materialized"
         artifacts = tmp_path / "home" / "artifacts" / "eras" / "era-a"
