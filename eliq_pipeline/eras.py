@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import yaml
 
-PROFILES = ("tiny", "production")
-BACKENDS = ("diffusers", "import")
+from eliq_pipeline import profiles
+
+PROFILES = tuple(profiles.PROFILES)  # the profiles a model mapping may name
 OFFLINE_EDITOR = "offline"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -136,6 +137,7 @@ def _ml_rules() -> SimpleNamespace:
         text_to_image_archs=tuple(generators.TINY_ARCHS),
         editor_arch=editors.TINY_EDITOR_REF[len(prefix):],
         known_params=generators.KNOWN_PARAMS,
+        backends=generators.GENERATOR_BACKENDS.names(),
         import_options=import_backend.IMPORT_OPTIONS,
         default_manifest=import_backend.DEFAULT_MANIFEST,
         s3_endpoint_env=import_backend.S3_ENDPOINT_ENV,
@@ -278,8 +280,9 @@ def _parse_generator(path: Path, gid: Any, raw: Any) -> GeneratorEntry:
         if key not in raw:
             raise _fail(path, where, f"missing key {key!r}")
     backend = _expect(path, f"{where}.backend", raw["backend"], str, "backend")
-    if backend not in BACKENDS:
-        raise _fail(path, f"{where}.backend", f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    backends = _ml_rules().backends
+    if backend not in backends:
+        raise _fail(path, f"{where}.backend", f"unknown backend {backend!r}; known: {', '.join(backends)}")
     model_raw = raw["model"]
     if isinstance(model_raw, str):
         model = {profile: model_raw for profile in PROFILES}

@@ -173,7 +173,7 @@ RUNNABLE_CASES = {
         "tiny", "era 'e1'.editor: generator 'c' has no model for profile 'tiny'"),
     "import folder missing": (
         lambda tmp: _with_generator(f"{{backend: import, model: {tmp / 'nowhere'}}}"),
-        "tiny", f"era 'e1'.positive_generators: generator 'c': import folder {{tmp}}/nowhere does not exist "
+        "tiny", "era 'e1'.positive_generators: generator 'c': import folder {tmp}/nowhere does not exist "
                 "(generators.c.model.tiny)"),
     "import manifest missing": (
         lambda tmp: _with_generator(f"{{backend: import, model: {_import_folder(tmp / 'imp')}, "

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,7 @@ KNOWN_PARAMS = frozenset(
         "guidance",  # guidance_scale
         "height",
         "width",
-        "seed",  # base seed of the era/generator; per-image seeds come from `derive_seed`
+        "seed",  # base seed of the generator; per-image seeds come from `supervision.generation_params`
         "init_seed",  # tiny only: which random toy network `tiny:<arch>` resolves to
         "negative_prompt",
         "max_sequence_length",
@@ -66,38 +66,6 @@ class GeneratorSpec:
             raise ValueError(
                 f"generator {self.id!r}: unknown param(s) {sorted(unknown)}; known: {', '.join(sorted(KNOWN_PARAMS))}"
             )
-
-    def fingerprint(self) -> str:
-        """Hash of the spec itself (id, backend, model reference, params)."""
-        payload = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def derive_seed(base_seed: int, *parts: str | int) -> int:
-    """A per-image seed from a base seed and identifiers (e.g. prompt id, generator id).
-
-    Hash-based so adding a prompt or a generator never shifts the seeds of the others.
-    """
-    payload = json.dumps([int(base_seed), *[str(p) for p in parts]])
-    return int.from_bytes(hashlib.sha256(payload.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
-
-
-def generation_key(
-    spec: GeneratorSpec, revision: str, prompt: str, seed: int, code_version: str, stop_step: int | None = None
-) -> str:
-    """Content key of one generated image: identical inputs are never generated twice."""
-    params = {k: v for k, v in spec.params.items() if k not in ("seed", "batch_size", "offload")}  # no pixel effect
-    payload = {
-        "generator": spec.id,
-        "backend": spec.backend,
-        "revision": revision,
-        "params": params,
-        "prompt": prompt,
-        "seed": int(seed),
-        "stop_step": stop_step,
-        "code_version": code_version,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _resolve_device(device: str) -> str:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,6 +22,9 @@ from eliq_pipeline.ml.images import decode_image, png_bytes, sha256_bytes
 from eliq_pipeline.ml.prompts import (
     Prompt, aesthetic_degraded_prompt, degraded_prompt, mismatched_prompt, prompt_variants,
 )
+
+if TYPE_CHECKING:  # editors pull in torch; supervision itself does not need it
+    from eliq_pipeline.ml.editors import Editor
 
 # Bump when the way pixels are produced changes: old cache entries then no longer match.
 GENERATION_CODE_VERSION = "gen-1"
@@ -314,11 +317,6 @@ def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: st
 
 
 EDIT_CODE_VERSION = "edit-1"
-
-
-class Editor(Protocol):
-    def edit(self, image: Image.Image, instruction: str, seed: int) -> tuple[Image.Image, dict[str, Any]]: ...
-    def model_revision(self) -> str: ...
 
 
 def edit_negative(store: Store, positive_sha: str, editor: Editor, editor_id: str) -> tuple[dict[str, Any], bool]:
