@@ -2,21 +2,25 @@
 
 The paper asks GPT-5 for 400 prompts under category-specific rules; offline we compose them from
 curated phrase lists instead (realistic content, category-aligned subjects, a length limit), which
-keeps the bank deterministic for a seed and reviewable in code. Multi-labels come from rule-based
-keyword matching (the paper's first step); the primary category is always a label.
+keeps the bank deterministic for a seed and reviewable. The taxonomy and phrase lists are data, in
+data/prompt_taxonomy.yaml; this module holds the logic. Multi-labels come from rule-based keyword
+matching (the paper's first step); the primary category is always a label.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
+import yaml
 
 UNCATEGORISED = "Uncategorized"
 
@@ -32,379 +36,75 @@ class Category:
     keywords: tuple[str, ...]
 
 
-CATEGORIES: dict[str, Category] = {
-    c.name: c
-    for c in (
-        Category(
-            name="Indoor Scenes",
-            sub_concepts={
-                "living room": (
-                    "a cozy living room with a grey linen sofa and a wool rug",
-                    "a bright living room with a fireplace and tall bookshelves",
-                    "a minimalist living room with a low wooden coffee table",
-                ),
-                "kitchen": (
-                    "a tidy farmhouse kitchen with copper pans hanging above the counter",
-                    "a modern kitchen with white cabinets and a marble island",
-                    "a small apartment kitchen with herbs growing on the counter",
-                ),
-                "bedroom": (
-                    "a calm bedroom with an unmade bed and linen curtains",
-                    "a child's bedroom with a bunk bed and a toy shelf",
-                    "a hotel bedroom with a neatly made bed and a reading chair",
-                ),
-                "library and study": (
-                    "a quiet library reading room with long oak desks",
-                    "a home study with a leather armchair and crowded bookshelves",
-                    "a university library hallway lined with bookshelves",
-                ),
-                "workspace": (
-                    "an open-plan office with standing desks and potted plants",
-                    "a woodworking workshop interior with tools on a pegboard",
-                    "a classroom with rows of desks and a green chalkboard",
-                ),
-            },
-            settings=(
-                "inside a renovated apartment",
-                "in an old stone farmhouse interior",
-                "inside a quiet house on a rainy day",
-                "in a sunlit room with large windows",
-                "in a spacious loft interior",
-            ),
-            keywords=(
-                "living room", "kitchen", "bedroom", "library", "study", "office", "classroom",
-                "workshop interior", "interior", "indoor", "sofa", "fireplace", "bookshelf", "bookshelves",
-                "bed", "bunk bed", "cabinet", "counter", "desk", "armchair", "hallway", "room", "loft",
-                "apartment", "house", "curtain", "rug", "chalkboard",
-            ),
-        ),
-        Category(
-            name="Urban Scenes",
-            sub_concepts={
-                "streets": (
-                    "a narrow cobblestone street lined with cafes and bicycles",
-                    "a busy downtown crosswalk with yellow taxis waiting at the light",
-                    "a quiet residential street with brick townhouses",
-                ),
-                "skylines": (
-                    "a city skyline of glass skyscrapers seen from a rooftop",
-                    "a harbor skyline with cranes and office towers",
-                    "a dense skyline of apartment blocks on a hillside city",
-                ),
-                "transit": (
-                    "a subway platform with a train arriving",
-                    "a historic train station hall with an arched glass roof",
-                    "a red tram crossing a city bridge",
-                ),
-                "public spaces": (
-                    "a city plaza with a fountain and pigeons",
-                    "a covered market street with hanging lanterns and shop signs",
-                    "a riverside promenade with benches and street lamps",
-                ),
-                "architecture": (
-                    "a brutalist concrete building facade with repeating windows",
-                    "a row of colourful storefronts with striped awnings",
-                    "a graffiti-covered alley between old warehouses",
-                ),
-            },
-            settings=(
-                "in a large European city",
-                "in a busy Asian metropolis",
-                "in a small downtown district",
-                "in an old port city",
-                "on a weekday in the city centre",
-            ),
-            keywords=(
-                "city", "street", "downtown", "crosswalk", "taxi", "skyline", "skyscraper", "rooftop",
-                "harbor", "office tower", "apartment block", "subway", "train station", "tram", "bridge",
-                "plaza", "fountain", "market street", "promenade", "street lamp", "building", "facade",
-                "storefront", "awning", "alley", "warehouse", "townhouse", "metropolis", "port city",
-                "shop sign", "city centre",
-            ),
-        ),
-        Category(
-            name="Natural Scenes",
-            sub_concepts={
-                "mountains": (
-                    "a snow-capped mountain range above a pine forest",
-                    "a rocky mountain pass with a winding trail",
-                    "an alpine meadow full of wildflowers below jagged peaks",
-                ),
-                "water": (
-                    "a calm lake reflecting the surrounding hills",
-                    "a waterfall tumbling into a mossy gorge",
-                    "a wide river bend through a green valley",
-                ),
-                "coasts": (
-                    "a sandy beach with gentle waves and driftwood",
-                    "rugged sea cliffs above a turquoise ocean",
-                    "a rocky coastline with tide pools",
-                ),
-                "forests": (
-                    "a misty beech forest with a carpet of fallen leaves",
-                    "a tall redwood forest with ferns on the ground",
-                    "a birch woodland with a narrow dirt path",
-                ),
-                "open land": (
-                    "a desert with wind-shaped sand dunes",
-                    "rolling farmland fields with a lone oak tree",
-                    "a frozen tundra plain under low clouds",
-                ),
-            },
-            settings=(
-                "far from any town",
-                "in a national park",
-                "in early autumn",
-                "on a calm spring morning",
-                "in the remote wilderness",
-            ),
-            keywords=(
-                "mountain", "peak", "alpine", "meadow", "wildflower", "forest", "woodland", "pine",
-                "redwood", "birch", "beech", "fern", "lake", "hill", "waterfall", "gorge", "river",
-                "valley", "beach", "wave", "ocean", "sea cliff", "coastline", "tide pool", "desert",
-                "sand dune", "dune", "farmland", "oak tree", "tundra", "national park",
-                "wilderness", "trail", "driftwood",
-            ),
-        ),
-        Category(
-            name="People & Activities",
-            sub_concepts={
-                "sports": (
-                    "a young woman jogging along a path",
-                    "a cyclist in a red jersey climbing a steep road",
-                    "two teenagers playing basketball",
-                ),
-                "work and crafts": (
-                    "a potter shaping clay on a spinning wheel",
-                    "a carpenter measuring a plank of wood",
-                    "a fisherman mending nets on a wooden dock",
-                ),
-                "leisure": (
-                    "an elderly man reading a newspaper on a bench",
-                    "a family having a picnic on a blanket",
-                    "a group of friends playing chess at a folding table",
-                ),
-                "portraits": (
-                    "a portrait of a smiling woman with curly hair",
-                    "a portrait of an old farmer wearing a straw hat",
-                    "a close portrait of a boy holding a kite",
-                ),
-                "performers": (
-                    "a street musician playing an acoustic guitar",
-                    "a ballet dancer stretching at the barre",
-                    "a juggler performing for a small crowd",
-                ),
-            },
-            settings=(
-                "during a relaxed afternoon",
-                "on an ordinary weekend",
-                "with people passing in the background",
-                "surrounded by friends",
-                "on a breezy day",
-            ),
-            keywords=(
-                "woman", "man", "men", "women", "boy", "girl", "child", "children", "teenager", "family",
-                "friends", "people", "person", "crowd", "cyclist", "jogging", "playing", "potter",
-                "carpenter", "fisherman", "farmer", "musician", "dancer", "juggler", "portrait", "smiling",
-                "reading", "performing", "shaping", "measuring", "mending", "picnic",
-            ),
-        ),
-        Category(
-            name="Objects & Artifacts",
-            sub_concepts={
-                "everyday objects": (
-                    "a ceramic teapot and two cups on a wooden tray",
-                    "a pair of worn leather boots by the door",
-                    "an old brass alarm clock",
-                ),
-                "antiques": (
-                    "a vintage typewriter with a sheet of paper",
-                    "an antique globe on a carved wooden stand",
-                    "a collection of old pocket watches in a glass case",
-                ),
-                "instruments": (
-                    "a violin resting on sheet music",
-                    "an upright piano with a candlestick on top",
-                    "a set of brass trumpets on display",
-                ),
-                "crafts": (
-                    "a hand-thrown ceramic vase with a blue glaze",
-                    "a woven basket filled with balls of yarn",
-                    "a silver necklace with a green pendant",
-                ),
-                "tools and gadgets": (
-                    "a vintage film camera with a leather strap",
-                    "a set of chisels laid out on a canvas roll",
-                    "a mechanical wristwatch with an open caseback",
-                ),
-            },
-            settings=(
-                "on a wooden table",
-                "on a museum display shelf",
-                "on a plain linen backdrop",
-                "on a weathered workbench",
-                "in a small antique shop",
-            ),
-            keywords=(
-                "teapot", "cup", "tray", "boots", "clock", "typewriter", "globe", "pocket watch", "watch",
-                "wristwatch", "violin", "piano", "trumpet", "sheet music", "candlestick", "vase", "glaze",
-                "basket", "yarn", "necklace", "pendant", "film camera", "chisel", "antique", "vintage",
-                "museum display", "display", "relic", "heirloom", "object", "ceramic", "workbench", "tool",
-            ),
-        ),
-        Category(
-            name="Food",
-            sub_concepts={
-                "home cooking": (
-                    "a bowl of tomato soup with fresh basil and crusty bread",
-                    "a plate of spaghetti with meatballs and parmesan",
-                    "a roast chicken with potatoes in a cast iron pan",
-                ),
-                "street food": (
-                    "a paper tray of tacos with lime wedges",
-                    "a steaming bowl of ramen with a soft-boiled egg",
-                    "skewers of grilled meat with chili sauce",
-                ),
-                "baking and desserts": (
-                    "a freshly baked loaf of sourdough bread",
-                    "a slice of strawberry cake on a porcelain plate",
-                    "a basket of golden croissants",
-                ),
-                "fruit and vegetables": (
-                    "a pile of ripe oranges and lemons",
-                    "a colourful salad with avocado and cherry tomatoes",
-                    "a crate of freshly picked carrots and beets",
-                ),
-                "drinks": (
-                    "a cup of cappuccino with latte art",
-                    "a glass of iced lemonade with mint leaves",
-                    "a pot of green tea with small ceramic cups",
-                ),
-            },
-            settings=(
-                "served on a rustic table",
-                "at a small family restaurant",
-                "at a busy food market",
-                "on a kitchen counter",
-                "on a cafe table",
-            ),
-            keywords=(
-                "food", "soup", "bread", "spaghetti", "meatballs", "parmesan", "chicken", "potatoes",
-                "tacos", "lime", "ramen", "egg", "skewers", "grilled meat", "sauce", "sourdough", "loaf",
-                "cake", "croissant", "oranges", "lemons", "salad", "avocado", "tomato", "tomatoes",
-                "carrots", "beets", "cappuccino", "latte", "lemonade", "tea", "basil", "restaurant",
-                "food market", "cafe", "served", "baked", "dessert", "meal",
-            ),
-        ),
-        Category(
-            name="Events",
-            sub_concepts={
-                "weddings": (
-                    "a wedding ceremony under a flower arch",
-                    "a bride and groom cutting a wedding cake",
-                    "wedding guests throwing rice at the newlyweds",
-                ),
-                "concerts": (
-                    "a rock concert with a cheering audience",
-                    "a jazz band performing at an evening concert",
-                    "an orchestra performing in a concert hall",
-                ),
-                "festivals and parades": (
-                    "a lantern festival with paper lanterns floating upward",
-                    "a carnival parade with costumed dancers and floats",
-                    "a harvest festival with decorated stalls",
-                ),
-                "sports events": (
-                    "runners crossing the finish line of a city marathon",
-                    "a packed stadium during a football match",
-                    "a sailing regatta with spectators on the shore",
-                ),
-                "celebrations": (
-                    "a birthday party with balloons and a candle-lit cake",
-                    "a graduation ceremony with caps thrown in the air",
-                    "a fireworks display over a crowd celebrating the new year",
-                ),
-            },
-            settings=(
-                "during the celebration",
-                "at the height of the event",
-                "as the ceremony begins",
-                "on the night of the festival",
-                "on a festive evening",
-            ),
-            keywords=(
-                "wedding", "bride", "groom", "newlyweds", "ceremony", "concert", "audience", "band",
-                "orchestra", "festival", "lantern festival", "carnival", "parade", "floats", "marathon",
-                "finish line", "stadium", "match", "regatta", "spectators", "birthday", "party",
-                "balloons", "graduation", "fireworks", "celebrating", "celebration", "event", "festive",
-            ),
-        ),
-    )
-}
+# The taxonomy and phrase lists live in data/prompt_taxonomy.yaml (shipped as package data); this
+# module holds the logic only. Entry order in that file is part of the seeded sampling: changing it
+# changes the bank.
+_DATA_PACKAGE = "eliq_pipeline.ml"
+_DATA_FILE = "prompt_taxonomy.yaml"
 
+
+def _phrases(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, str) and s for s in raw):
+        raise ValueError(f"{_DATA_FILE}: {where} must be a non-empty list of non-empty strings")
+    return tuple(raw)
+
+
+def _pairs(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 2 for p in raw):
+        raise ValueError(f"{_DATA_FILE}: {where} must be a list of [word, word] pairs")
+    return tuple((a, b) for a, b in (_phrases(p, where) for p in raw))
+
+
+def _category(raw: Any) -> Category:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ValueError(f"{_DATA_FILE}: every category needs a 'name'")
+    name = raw["name"]
+    sub_concepts = raw.get("sub_concepts")
+    if not isinstance(sub_concepts, dict) or not sub_concepts or not all(isinstance(s, str) for s in sub_concepts):
+        raise ValueError(f"{_DATA_FILE}: {name}: 'sub_concepts' must be a non-empty mapping with string keys")
+    return Category(
+        name=name,
+        sub_concepts={s: _phrases(v, f"{name} / {s}") for s, v in sub_concepts.items()},
+        settings=_phrases(raw.get("settings"), f"{name}: settings"),
+        keywords=_phrases(raw.get("keywords"), f"{name}: keywords"),
+    )
+
+
+@functools.cache
+def _prompt_data() -> dict[str, Any]:
+    """The parsed data file, read once. safe_load keeps mapping and list order, which sampling relies on."""
+    text = (resources.files(_DATA_PACKAGE) / "data" / _DATA_FILE).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{_DATA_FILE}: expected a mapping at the top level")
+    return data
+
+
+def _load_categories() -> dict[str, Category]:
+    raw = _prompt_data().get("categories")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{_DATA_FILE}: 'categories' must be a non-empty list")
+    categories = [_category(c) for c in raw]
+    by_name = {c.name: c for c in categories}
+    if len(by_name) != len(categories):
+        raise ValueError(f"{_DATA_FILE}: duplicate category names")
+    return by_name
+
+
+CATEGORIES: dict[str, Category] = _load_categories()
 CATEGORY_NAMES: tuple[str, ...] = tuple(CATEGORIES)
 
-# Generic phrases shared by every category. They deliberately contain no category keyword, so the
-# multi-labels of a prompt come from its subject and setting only.
-LIGHTING: tuple[str, ...] = (
-    "soft morning light",
-    "golden hour light",
-    "overcast daylight",
-    "warm late afternoon light",
-    "clear midday sun",
-    "blue hour twilight",
-    "soft diffused light",
-    "dramatic side light",
-)
-CAMERA: tuple[str, ...] = (
-    "shot on a 35mm lens",
-    "50mm lens at f/2.8",
-    "wide-angle view",
-    "eye-level framing",
-    "shallow depth of field",
-    "medium format photograph",
-    "handheld documentary style",
-    "telephoto compression",
-)
-DETAIL: tuple[str, ...] = (
-    "natural colours",
-    "sharp focus",
-    "fine texture detail",
-    "balanced composition",
-    "realistic proportions",
-    "true-to-life tones",
-)
+# Generic phrases shared by every category (no category keyword in them, so the multi-labels of a
+# prompt come from its subject and setting only).
+LIGHTING: tuple[str, ...] = _phrases(_prompt_data().get("lighting"), "lighting")
+CAMERA: tuple[str, ...] = _phrases(_prompt_data().get("camera"), "camera")
+DETAIL: tuple[str, ...] = _phrases(_prompt_data().get("detail"), "detail")
 # {subject}, {setting}, {lighting}, {camera}, {detail}; camera/detail are dropped first to fit the limit.
-TEMPLATES: tuple[str, ...] = (
-    "A photo of {subject} {setting}, {lighting}, {camera}, {detail}.",
-    "{Subject} {setting}, {lighting}, {detail}, {camera}.",
-    "Realistic photograph of {subject} {setting}; {lighting}, {camera}.",
-    "{Lighting} on {subject} {setting}, {camera}, {detail}.",
-    "Documentary-style image: {subject} {setting}, {lighting}, {detail}.",
-    "High-resolution photo, {subject} {setting}, {camera}, {lighting}.",
-)
-
-# Cues for AI-specific technical negatives (3.2.3: "explicitly degraded prompts that induce
-# low-fidelity structures"). Quality boosters are stripped first so the prompt does not contradict itself.
-LOW_FIDELITY_CUES: tuple[str, ...] = (
-    "blurry",
-    "low resolution",
-    "jpeg artifacts",
-    "distorted",
-    "noisy",
-    "pixelated",
-    "out of focus",
-    "smeared details",
-)
-LOW_AESTHETIC_CUES: tuple[str, ...] = (
-    "awkward cropped composition",
-    "dull washed-out colours",
-    "cluttered background",
-    "tilted horizon",
-    "harsh flat lighting",
-    "amateur snapshot",
-)
-_QUALITY_BOOSTERS: tuple[str, ...] = ("high-resolution", "sharp focus", "fine texture detail", "high-resolution photo")
+TEMPLATES: tuple[str, ...] = _phrases(_prompt_data().get("templates"), "templates")
+# Cues for AI-specific technical / aesthetic negatives (3.2.3); quality boosters are stripped first.
+LOW_FIDELITY_CUES: tuple[str, ...] = _phrases(_prompt_data().get("low_fidelity_cues"), "low_fidelity_cues")
+LOW_AESTHETIC_CUES: tuple[str, ...] = _phrases(_prompt_data().get("low_aesthetic_cues"), "low_aesthetic_cues")
+_QUALITY_BOOSTERS: tuple[str, ...] = _phrases(_prompt_data().get("quality_boosters"), "quality_boosters")
 
 
 @dataclass(frozen=True)
@@ -703,14 +403,9 @@ def prompt_vocabulary() -> list[str]:
 
 # Word swaps for the alignment variants of paper 3.2.3 (attribute, count, relation): each pair is
 # swapped both ways, whole words only, so a variant differs from its prompt in exactly one fact.
-_ATTRIBUTE_SWAPS = (("red", "blue"), ("green", "purple"), ("wooden", "metal"), ("old", "new"),
-                    ("small", "huge"), ("narrow", "wide"), ("leather", "plastic"), ("glass", "concrete"),
-                    ("rustic", "modern"), ("antique", "futuristic"), ("warm", "cold"), ("tidy", "messy"))
-_COUNT_SWAPS = (("a pair of", "five"), ("one", "three"), ("two", "four"), ("three", "six"),
-                ("a single", "a dozen"))
-_RELATION_SWAPS = (("on top of", "underneath"), ("above", "below"), ("inside", "outside"),
-                   ("in front of", "behind"), ("left of", "right of"), ("next to", "far from"),
-                   ("hanging above", "lying under"), ("by the door", "on the roof"))
+_ATTRIBUTE_SWAPS: tuple[tuple[str, str], ...] = _pairs(_prompt_data().get("attribute_swaps"), "attribute_swaps")
+_COUNT_SWAPS: tuple[tuple[str, str], ...] = _pairs(_prompt_data().get("count_swaps"), "count_swaps")
+_RELATION_SWAPS: tuple[tuple[str, str], ...] = _pairs(_prompt_data().get("relation_swaps"), "relation_swaps")
 VARIANT_KINDS = ("object", "attribute", "count", "relation")
 
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,23 @@ def test_taxonomy_is_the_papers_seven_categories() -> None:
         assert all(len(subjects) >= 2 for subjects in category.sub_concepts.values())
         assert len(category.keywords) >= 10
         assert category.settings
+
+
+# sha256 of the 32-prompt bank for seed 0 (texts, categories, labels), computed from the taxonomy as it
+# was written inline in prompts.py before it moved to data/prompt_taxonomy.yaml. Any edit to the data
+# file (or the sampling code) that changes the generated bank fails here; update it only on purpose.
+TINY_BANK_SHA256 = "f915857ee977f1b7d426a541e7cea9c7f059ddc295c5719453097b6574463ae9"
+
+
+def test_tiny_bank_is_pinned() -> None:
+    tiny = build_prompt_bank(32, seed=0)
+    payload = json.dumps([[p.text, p.category, p.labels] for p in tiny], ensure_ascii=False, separators=(",", ":"))
+    assert hashlib.sha256(payload.encode("utf-8")).hexdigest() == TINY_BANK_SHA256
+
+
+def test_taxonomy_data_ships_inside_the_package() -> None:
+    data = resources.files("eliq_pipeline.ml") / "data" / "prompt_taxonomy.yaml"
+    assert data.is_file()
 
 
 def test_bank_is_deterministic_distinct_and_within_the_length_limit(bank: list[Prompt]) -> None:
