@@ -25,6 +25,7 @@ from typing import Any, Callable
 import yaml
 
 from eliq_pipeline import profiles
+from eliq_pipeline.ml.atomic import write_text
 
 PROFILES = tuple(profiles.PROFILES)  # the profiles a model mapping may name
 OFFLINE_EDITOR = "offline"
@@ -408,9 +409,7 @@ def append_era(path: str | Path, name: str, like: str, positive_generators: list
     new_registry = parse_eras(new_text, path)  # raises (naming the key) before anything is written
     if profile is not None:
         check_runnable(new_registry, profile, [name])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, new_text)
     return new_registry.era(name)
 
 

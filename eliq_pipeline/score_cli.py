@@ -16,13 +16,14 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from eliq_pipeline.ml.atomic import staged_file
 
 try:
     import fcntl
@@ -268,12 +269,8 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     a crash) only ever see a complete file."""
     path = Path(path)
     _check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
+    with staged_file(path) as tmp:
         if path.suffix.lower() == ".parquet":
-            os.close(fd)
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -282,17 +279,11 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             table = pa.Table.from_pylist([{c: row[c] for c in OUTPUT_COLUMNS} for row in rows], schema=schema)
             pq.write_table(table, tmp)
         else:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(OUTPUT_COLUMNS)
                 for row in rows:
                     writer.writerow([_csv_cell(row[c]) for c in OUTPUT_COLUMNS])
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------ scoring

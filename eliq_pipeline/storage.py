@@ -8,9 +8,7 @@ writes a temp file and renames it; S3 PUTs are atomic per object, and directory 
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
@@ -18,6 +16,8 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from eliq_pipeline.ml.atomic import staged_dir, write_bytes
 
 COMPLETE_MARKER = "_COMPLETE"
 
@@ -76,28 +76,19 @@ class ArtifactStore(ABC):
         # The marker holds a fresh id per upload, so a re-materialized artifact invalidates the copy.
         if marker.exists() and marker.read_bytes() == self.get_bytes(f"{key}/{COMPLETE_MARKER}"):
             return target
-        staging = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging"))).resolve()
         prefix = key.rstrip("/") + "/"
-        for full in self.list_keys(prefix):
-            rel = full[len(prefix):]
-            dest = (staging / rel).resolve()
-            # An object key like "model/../../x" must not write outside the target folder.
-            if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or staging not in dest.parents:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise ValueError(f"artifact directory {self.describe(key)} holds an object key that escapes it: "
-                                 f"{full!r}; refusing to download it")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(self.get_bytes(full))
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
+        with staged_dir(target, staging_root=self.cache_dir / "staging") as staging:
+            staging = staging.resolve()
+            for full in self.list_keys(prefix):
+                rel = full[len(prefix):]
+                dest = (staging / rel).resolve()
+                # An object key like "model/../../x" must not write outside the target folder.
+                if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or staging not in dest.parents:
+                    raise ValueError(f"artifact directory {self.describe(key)} holds an object key that escapes it: "
+                                     f"{full!r}; refusing to download it")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(self.get_bytes(full))
         return target
-
-    @staticmethod
-    def _ensure(path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -113,18 +104,7 @@ class LocalArtifactStore(ArtifactStore):
         return path
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(self._path(key), data)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -159,23 +139,9 @@ class LocalArtifactStore(ArtifactStore):
 
     def put_dir(self, local_dir: Path, key: str) -> None:
         # Local backend: copy into a staging dir inside the store, then one atomic rename.
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
+        with staged_dir(self._path(key)) as staging:
             shutil.copytree(local_dir, staging, dirs_exist_ok=True)
             (staging / COMPLETE_MARKER).write_bytes(uuid.uuid4().hex.encode())
-            if target.exists():
-                old = target.with_name(f".{target.name}.old.tmp")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     def get_dir(self, key: str) -> Path:
         if not self.dir_exists(key):

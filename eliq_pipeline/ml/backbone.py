@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,6 +18,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.ml.images import sha256_file, to_rgb
+from eliq_pipeline.ml.atomic import staged_dir
 
 ASPECTS: tuple[str, ...] = ("tec", "aes", "ali")
 LABELS: tuple[str, ...] = ("low", "high")
@@ -248,21 +246,12 @@ def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | N
     model.eval()
     processor = make_processor(_tiny_image_processor(spec), tokenizer, TINY_CHAT_TEMPLATE)
 
-    # Stage in a sibling temp dir and rename, so a crash never leaves a half-written backbone.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:  # a crash never leaves a half-written backbone
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "eliq_tiny_spec.json").write_text(
             json.dumps({"seed": seed, **asdict(spec)}, indent=2, sort_keys=True)
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
     return out_dir
 
 

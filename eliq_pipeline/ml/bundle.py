@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eliq_pipeline.ml.atomic import staged_dir
 from eliq_pipeline.ml.backbone import PromptFit, backbone_fingerprint, fit_prompt, sequence_limit
 from eliq_pipeline.ml.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.ml.embeddings import extract_aspect_embeddings
@@ -289,9 +288,7 @@ def _write_bundle(
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / BUNDLE_META_FILE).is_file())):
         # Replacing means deleting; never delete something that is not a bundle (e.g. --out ~).
         raise ValueError(f"refusing to overwrite {out_dir}: it exists and is not an ELIQ bundle")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         shutil.copytree(adapter_dir, staging / ADAPTER_DIR, ignore=shutil.ignore_patterns(*_NOT_CONTENT))
         save_scoring_head(head, head.config, staging / HEAD_DIR)
         if not calibration.empty:
@@ -313,12 +310,6 @@ def _write_bundle(
         meta["manifest_sha256"] = _manifest_digest(meta)
         # Written last: a folder with eliq_bundle.json always has every part it describes.
         (staging / BUNDLE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +34,7 @@ from .degradations import AESTHETIC_OPS, offline_aesthetic_edit
 from .generators import GeneratorSpec, build_tiny_pipeline, resolve_model_ref
 from .images import to_rgb
 from .registry import Registry
+from .atomic import staged_dir
 
 EDITORS: Registry[type] = Registry("editor")
 
@@ -226,21 +225,15 @@ def build_tiny_editor(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        text_to_image = build_tiny_pipeline("sd", tmp / "t2i", seed=seed)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent) as scratch, \
+            staged_dir(out_dir) as staging:
+        text_to_image = build_tiny_pipeline("sd", Path(scratch) / "t2i", seed=seed)
         base = StableDiffusionPipeline.from_pretrained(text_to_image, local_files_only=True)
         components = {**base.components, "safety_checker": None, "feature_extractor": None}
         editor = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
-        staged = tmp / "editor"
-        editor.save_pretrained(staged, safe_serialization=True)
+        editor.save_pretrained(staging, safe_serialization=True)
         marker = json.dumps({"arch": "sd-img2img", "seed": seed}, sort_keys=True)
-        (staged / "tiny_pipeline.json").write_text(marker + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staged, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (staging / "tiny_pipeline.json").write_text(marker + "\n")
     return out_dir
 
 

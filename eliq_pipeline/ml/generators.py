@@ -12,10 +12,7 @@ import functools
 import hashlib
 import inspect
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +22,7 @@ from PIL import Image
 
 from .images import to_rgb
 from .registry import Registry
+from .atomic import staged_dir
 
 GENERATOR_BACKENDS: Registry[type] = Registry("generator backend")
 
@@ -628,16 +626,9 @@ def build_tiny_pipeline(arch: str, out_dir: Path, seed: int = 0) -> Path:
     cls = components.pop("cls")
     accepted = set(inspect.signature(cls.__init__).parameters)
     pipe = cls(**{k: v for k, v in components.items() if k in accepted})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "tiny_pipeline.json").write_text(json.dumps({"arch": arch, "seed": seed}, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_dir(out_dir) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / "tiny_pipeline.json").write_text(json.dumps({"arch": arch, "seed": seed}, sort_keys=True) + "\n")
     return out_dir
 
 

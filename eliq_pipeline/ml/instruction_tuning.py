@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -20,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from PIL import Image
 
+from eliq_pipeline.ml.atomic import staged_dir
 from eliq_pipeline.ml.backbone import (
     ASPECTS,
     INSTRUCTIONS,
@@ -254,18 +253,14 @@ def _save_checkpoint(
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    adapter = {k: v.detach().cpu().contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(adapter, str(staging / _CKPT_ADAPTER))
-    tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
-    save_file({**tensors, **_rng_tensors()}, str(staging / _CKPT_OPTIMIZER))
-    state = {"step": step, "loss_curve": loss_curve, "run_key": run_key, "optimizer_scalars": scalars}
-    (staging / _CKPT_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
     final = root / f"step-{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)  # the rename publishes the checkpoint whole
+    with staged_dir(final) as staging:  # the rename publishes the checkpoint whole
+        adapter = {k: v.detach().cpu().contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(adapter, str(staging / _CKPT_ADAPTER))
+        tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
+        save_file({**tensors, **_rng_tensors()}, str(staging / _CKPT_OPTIMIZER))
+        state = {"step": step, "loss_curve": loss_curve, "run_key": run_key, "optimizer_scalars": scalars}
+        (staging / _CKPT_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
     for old in _checkpoint_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -570,10 +565,7 @@ def save_tuned_backbone(model: Any, processor: Any, out_dir: Path, base_ref: str
     ``base_ref`` is what :func:`load_tuned_backbone` loads by default: a hub id or path, or a
     symbolic reference when loads always pass ``base_override``.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         model.save_pretrained(str(staging))
         processor.save_pretrained(str(staging))
         meta = {
@@ -587,12 +579,6 @@ def save_tuned_backbone(model: Any, processor: Any, out_dir: Path, base_ref: str
         (staging / TUNED_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if not (staging / "adapter_config.json").is_file():
             raise TypeError("model.save_pretrained did not write a peft adapter; pass the tuned PeftModel")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from eliq_pipeline.ml.atomic import staged_file, write_text
 
 VisualRepresentation = Literal["gated", "tec_only", "aes_only"]
 HeadKind = Literal["qqt", "mlp"]
@@ -629,18 +629,6 @@ def train_scoring_head(
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    # Write next to the target then rename, so a crash never leaves a half-written file visible.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_scoring_head(model: ELIQScoringHead, cfg: ScorerConfig | None, out_dir: str | Path) -> Path:
     """Write model.safetensors then config.json (the config last, so a directory with a config
     always has matching weights). cfg defaults to model.config and must describe the same
@@ -663,15 +651,14 @@ def save_scoring_head(model: ELIQScoringHead, cfg: ScorerConfig | None, out_dir:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    with staged_file(out / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     document = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "config": cfg.to_dict(),
     }
-    _atomic_write(
-        out / CONFIG_NAME, lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    )
+    write_text(out / CONFIG_NAME, json.dumps(document, indent=2, sort_keys=True) + "\n")
     return out
 
 

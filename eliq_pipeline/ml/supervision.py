@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from eliq_pipeline.ml.atomic import staged_dir
 from eliq_pipeline.ml.degradations import DEGRADATIONS
 from eliq_pipeline.ml.images import decode_image, png_bytes, sha256_bytes
 from eliq_pipeline.ml.prompts import (
@@ -471,18 +472,9 @@ def resolve_local_model(model: str, models_dir: Path, builder: Callable[[str, Pa
     arch = model.split(":", 1)[1]
     target = Path(models_dir) / f"tiny-{arch}-{init_seed}"
     if not (target / "_COMPLETE").exists():
-        staging = target.with_name(target.name + ".tmp")
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging)
-        builder(arch, staging, init_seed)
-        (staging / "_COMPLETE").write_text("ok")
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        staging.rename(target)
+        with staged_dir(target) as staging:
+            builder(arch, staging, init_seed)  # builders publish atomically onto the (empty) staging folder
+            (staging / "_COMPLETE").write_text("ok")
     return str(target)
 
 
