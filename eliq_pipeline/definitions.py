@@ -19,8 +19,35 @@ def eliq_home(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("ELIQ_HOME", ".eliq")).resolve()
 
 
+def llm_refiner_from_env(env: dict[str, str], process_env: bool = False) -> dict:
+    """The LLM label refiner's settings (the profile resource's `llm_*` fields): ELIQ_LLM_BASE_URL,
+    else OPENAI_BASE_URL (no base URL: refinement off), ELIQ_LLM_MODEL, ELIQ_LLM_API_KEY (or
+    OPENAI_API_KEY, only with OPENAI_BASE_URL: a key is never sent to another host) and
+    ELIQ_LLM_TIMEOUT (seconds).
+
+    From the process environment (`process_env`) the key is passed as a `dg.EnvVar`, so the code
+    location's resource snapshot (the UI's resource page, the launchpad) shows the variable's name,
+    never the key; Dagster resolves it when the resource is initialised for a run."""
+    base_url = env.get("ELIQ_LLM_BASE_URL") or env.get("OPENAI_BASE_URL") or ""
+    key_var = "ELIQ_LLM_API_KEY"
+    if not env.get(key_var) and not env.get("ELIQ_LLM_BASE_URL") and env.get("OPENAI_BASE_URL"):
+        key_var = "OPENAI_API_KEY"
+    api_key = env.get(key_var) or ""
+    if api_key and process_env:
+        api_key = dg.EnvVar(key_var)
+    raw_timeout = env.get("ELIQ_LLM_TIMEOUT") or ""
+    try:
+        timeout = float(raw_timeout) if raw_timeout else 30.0
+    except ValueError:
+        raise ValueError(f"ELIQ_LLM_TIMEOUT must be a number of seconds, got {raw_timeout!r}") from None
+    return {"llm_base_url": base_url, "llm_model": env.get("ELIQ_LLM_MODEL") or "", "llm_api_key": api_key,
+            "llm_timeout": timeout}
+
+
 def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
-    """Resources configured by ELIQ_* environment variables (see README)."""
+    """Resources configured by ELIQ_* environment variables (see README): the one place the
+    pipeline's settings are read from the environment; assets read resources only."""
+    process_env = env is None
     env = dict(os.environ if env is None else env)
     home = eliq_home(env)
     return {
@@ -40,6 +67,7 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             benchmarks_json=env.get("ELIQ_BENCHMARKS", ""), niqe_params=env.get("ELIQ_NIQE_PARAMS", ""),
             drift_threshold=float(env.get("ELIQ_DRIFT_THRESHOLD", "0.05")),
             prompts_file=env.get("ELIQ_PROMPTS_FILE", ""),
+            **llm_refiner_from_env(env, process_env),
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve()),
                                     profile=env.get("ELIQ_PROFILE", "tiny")),

@@ -128,7 +128,7 @@ def _materialize_locked(registry, names, force, instance, resources, env, log) -
     if missing:
         instance.add_dynamic_partitions(ERA_PARTITIONS.name, missing)
     job = build_definitions(env).resolve_job_def("eliq_job")
-    profile = resources["profile"].settings().fingerprint()
+    profile = resources["profile"].fingerprint()  # profile settings + LLM refiner, as era_metadata records
     benchmarks = [b.name for b in load_present_benchmarks(resources["profile"].datasets_path,
                                                           resources["profile"].benchmark_config(), verify=False)[0]]
     store = resources["artifacts"].store()

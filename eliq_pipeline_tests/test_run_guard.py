@@ -167,5 +167,5 @@ def test_an_artifact_gone_from_the_store_is_rebuilt(tmp_path):
         resources = resources_from_env(env)
         era = load_eras(env["ELIQ_ERAS"]).era("era-a")
         stale = find_stale(instance, "era-a", era.fingerprint(load_eras(env["ELIQ_ERAS"]).generators),
-                           resources["profile"].settings().fingerprint(), [], resources["artifacts"].store())
+                           resources["profile"].fingerprint(), [], resources["artifacts"].store())
         assert stale.asset == "prompts" and "prompts.parquet" in stale.reason

@@ -35,7 +35,7 @@ def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResou
     two to decide whether an era is up to date, and rebuilds an asset whose artifacts are gone."""
     registry = eras.load()
     return {"era_fingerprint": era.fingerprint(registry.generators), "profile": profile.profile,
-            "profile_fingerprint": profile.settings().fingerprint(),
+            "profile_fingerprint": profile.fingerprint(),
             "artifacts": dg.MetadataValue.json(list(artifacts)), **extra}
 
 

@@ -10,7 +10,7 @@ from eliq_pipeline.ml import supervision as sup
 from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "import" backend)
 from eliq_pipeline.ml.editors import load_editor, resolve_editor_ref
 from eliq_pipeline.ml.generators import GENERATOR_BACKENDS, GeneratorSpec, can_sample, resolve_model_ref
-from eliq_pipeline.ml.prompt_refine import ChatClient, refine_labels
+from eliq_pipeline.ml.prompt_refine import refine_labels
 from eliq_pipeline.ml.prompts import (
     Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file,
 )
@@ -99,7 +99,7 @@ def prompts(
         bank = load_prompt_file(profile.prompts_file)
     else:
         bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
-    client = ChatClient.from_env()  # optional LLM refinement of uncertain labels (off by default)
+    client = profile.chat_client()  # optional LLM refinement of uncertain labels (off by default)
     refinement = {"enabled": False}
     if client is not None:
         bank, report = refine_labels(bank, client)

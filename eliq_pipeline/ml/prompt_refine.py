@@ -5,8 +5,9 @@ the rules find no category, more than two, or miss the prompt's primary category
 prompts are sent to an OpenAI-compatible chat-completions endpoint, which picks labels from the
 seven categories.
 
-Off by default: a client exists only when a base URL is configured (`ELIQ_LLM_BASE_URL`, else
-`OPENAI_BASE_URL`), so offline and CI runs never reach the network. The refinement is advisory
+Off by default: a client exists only when a base URL is configured (the profile resource's
+`llm_base_url`, filled from `ELIQ_LLM_BASE_URL`, else `OPENAI_BASE_URL`, by
+`definitions.resources_from_env`), so offline and CI runs never reach the network. The refinement is advisory
 and never fails a run: a timeout, an HTTP error or an answer that does not parse strictly leaves
 the keyword labels in place and is counted in the report. Standard library only (urllib).
 """
@@ -15,21 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from .prompts import CATEGORY_NAMES, UNCATEGORISED, Prompt, keyword_labels
 
 LOG = logging.getLogger(__name__)
 
-BASE_URL_ENVS = ("ELIQ_LLM_BASE_URL", "OPENAI_BASE_URL")
-MODEL_ENV = "ELIQ_LLM_MODEL"
-API_KEY_ENV = "ELIQ_LLM_API_KEY"
-TIMEOUT_ENV = "ELIQ_LLM_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
 MAX_LABELS = 3  # a prompt about more than three of seven categories is not a useful multi-label
 
@@ -70,25 +66,6 @@ class ChatClient:
         self.timeout = float(timeout)
         # omitted unless set: some reasoning models reject any temperature but their default
         self.temperature = temperature
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ChatClient | None:
-        """A client from the environment, or None (refinement off) when no base URL is set."""
-        env = os.environ if env is None else env
-        source = next((name for name in BASE_URL_ENVS if env.get(name)), None)
-        if source is None:
-            return None
-        model = env.get(MODEL_ENV, "")
-        if not model:
-            raise ValueError(f"{source} is set, so LLM label refinement is on, but {MODEL_ENV} names no model")
-        api_key = env.get(API_KEY_ENV)
-        if not api_key and source == "OPENAI_BASE_URL":
-            api_key = env.get("OPENAI_API_KEY")  # only with the OpenAI variables: never leak it to another host
-        try:
-            timeout = float(env.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
-        except ValueError:
-            raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {env.get(TIMEOUT_ENV)!r}") from None
-        return cls(env[source], model, api_key=api_key, timeout=timeout)
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """The assistant message content of one chat completion; LLMError otherwise."""

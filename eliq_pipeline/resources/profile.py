@@ -1,13 +1,18 @@
-"""The model profile and runtime settings (device, home, datasets) as one resource."""
+"""The model profile and runtime settings (device, home, datasets, LLM label refiner) as one resource."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from eliq_pipeline.profiles import Profile, get_profile
+
+if TYPE_CHECKING:
+    from eliq_pipeline.ml.prompt_refine import ChatClient
 
 
 class ModelProfileResource(dg.ConfigurableResource):
@@ -21,6 +26,11 @@ class ModelProfileResource(dg.ConfigurableResource):
     niqe_params: str = ""  # a standard NIQE parameter file (.mat/.npz/.json); else fitted on positives
     drift_threshold: float = 0.05  # SRCC drop vs the previous era that the drift check flags
     prompts_file: str = ""  # a user prompt file (CSV or JSONL) replacing the generated prompt bank
+    # OpenAI-compatible endpoint refining uncertain prompt labels (paper 3.2.1); "" turns it off.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""  # a secret (set it as dg.EnvVar): never part of the fingerprint or of any metadata
+    llm_timeout: float = 30.0  # seconds per request; does not change what is built, so not fingerprinted
 
     def settings(self) -> Profile:
         overrides = json.loads(self.overrides_json) if self.overrides_json else {}
@@ -33,6 +43,39 @@ class ModelProfileResource(dg.ConfigurableResource):
         if self.backbone:
             overrides["backbone"] = self.backbone
         return get_profile(self.profile, **overrides)
+
+    def refiner_settings(self) -> dict[str, str]:
+        """What the LLM label refiner changes in `prompts`: its endpoint and model (never the key);
+        empty when refinement is off."""
+        if not self.llm_base_url:
+            return {}
+        return {"base_url": self.llm_base_url.rstrip("/"), "model": self.llm_model}
+
+    def fingerprint(self) -> str:
+        """What every materialization records as `profile_fingerprint` and `eliq materialize`
+        compares: the profile settings and, when it is on, the LLM refiner (endpoint and model).
+        With the refiner off this is `settings().fingerprint()`, so earlier materializations stay
+        up to date."""
+        base = self.settings().fingerprint()
+        refiner = self.refiner_settings()
+        if not refiner:
+            return base
+        payload = json.dumps({"profile": base, "llm_refiner": refiner}, sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def chat_client(self) -> ChatClient | None:
+        """The LLM refiner's client, or None (refinement off) when no base URL is configured."""
+        if not self.llm_base_url:
+            return None
+        if not self.llm_model:
+            raise ValueError(f"an LLM base URL ({self.llm_base_url}) is set, so LLM label refinement is on, "
+                             "but ELIQ_LLM_MODEL names no model")
+        from eliq_pipeline.ml.prompt_refine import ChatClient
+
+        key = self.llm_api_key
+        if isinstance(key, dg.EnvVar):  # not resolved: used outside a run
+            key = key.get_value()
+        return ChatClient(self.llm_base_url, self.llm_model, api_key=key or None, timeout=self.llm_timeout)
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -100,16 +100,14 @@ def test_uncertainty_rules() -> None:
     assert not uncertain(_prompt("A wedding party dancing in a kitchen.", "Events"))  # two, primary among them
 
 
-def test_off_by_default_without_a_base_url() -> None:
-    assert ChatClient.from_env({}) is None
+def test_off_without_a_client() -> None:
+    # the client comes from the profile resource (its settings from the environment: test_settings.py)
     out, report = refine_labels(PROMPTS, None)
     assert out == PROMPTS and not report.enabled and report.uncertain == 3 and report.asked == 0
-    with pytest.raises(ValueError, match="ELIQ_LLM_MODEL"):
-        ChatClient.from_env({"ELIQ_LLM_BASE_URL": "http://127.0.0.1:1/v1"})
-    client = ChatClient.from_env({"OPENAI_BASE_URL": "http://h/v1", "ELIQ_LLM_MODEL": "m", "OPENAI_API_KEY": "k"})
-    assert client is not None and client.api_key == "k" and client.base_url == "http://h/v1"
-    other = ChatClient.from_env({"ELIQ_LLM_BASE_URL": "http://h/v1", "ELIQ_LLM_MODEL": "m", "OPENAI_API_KEY": "k"})
-    assert other is not None and other.api_key is None, "an OpenAI key is not sent to another endpoint"
+    with pytest.raises(ValueError, match="model name is empty"):
+        ChatClient("http://127.0.0.1:1/v1", "")
+    with pytest.raises(ValueError, match="http"):
+        ChatClient("127.0.0.1:1/v1", "m")
 
 
 def test_refines_only_uncertain_prompts(llm: FakeLLM) -> None:
@@ -124,8 +122,7 @@ def test_refines_only_uncertain_prompts(llm: FakeLLM) -> None:
         return 200, _completion(answers[text])
 
     llm.respond = respond
-    env = {"ELIQ_LLM_BASE_URL": llm.url, "ELIQ_LLM_MODEL": "tiny-llm", "ELIQ_LLM_API_KEY": "secret"}
-    client = ChatClient.from_env(env)
+    client = ChatClient(llm.url, "tiny-llm", api_key="secret")
     out, report = refine_labels(PROMPTS, client)
     assert len(llm.requests) == 3 and all(CERTAIN.text not in _user_text(r["body"]) for r in llm.requests)
     first = llm.requests[0]
