@@ -2,13 +2,15 @@
 
 
 import json
+from pathlib import Path
 from typing import Iterable
 
 import dagster as dg
+import pyarrow as pa
 
 from eliq_pipeline.assets import benchmark_scores, comparison_tuples, negative_images, positive_images, qqt_model
-from eliq_pipeline.assets.common import era_key
 from eliq_pipeline.ml.supervision import get_image
+from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
 
 
@@ -26,28 +28,26 @@ def _undecodable(store, shas: Iterable[str]) -> list[str]:
     return bad
 
 
-@dg.asset_check(asset=positive_images, blocking=True, description="Every positive and low-quality image exists and decodes.")
-def positive_images_decode(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=positive_images, blocking=True, description="Every positive and low-quality image exists and decodes.")
+def positive_images_decode(positive_images: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifacts.store()
-    rows = store.get_table(era_key(_partition(context), "positive_images.parquet")).to_pylist()
+    rows = positive_images.to_pylist()
     bad = _undecodable(store, (r["image_sha256"] for r in rows))
     return dg.AssetCheckResult(passed=not bad, metadata={"images": len(rows), "undecodable": len(bad),
                                                           "first_failures": dg.MetadataValue.json(bad[:5])})
 
 
-@dg.asset_check(asset=negative_images, blocking=True,
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=negative_images, blocking=True, additional_ins={"prompts": dg.AssetIn("prompts")},
                 description="Each negative differs from its positive: other pixels, or another prompt for alignment.")
-def negatives_differ_from_positives(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
-    store = artifacts.store()
-    era = _partition(context)
-    rows = store.get_table(era_key(era, "negative_images.parquet")).to_pylist()
-    prompts = {r["prompt_id"]: r["text"] for r in store.get_table(era_key(era, "prompts.parquet")).to_pylist()}
+def negatives_differ_from_positives(negative_images: pa.Table, prompts: pa.Table) -> dg.AssetCheckResult:
+    rows = negative_images.to_pylist()
+    texts = {r["prompt_id"]: r["text"] for r in prompts.to_pylist()}
     # an image negative must have other pixels; an alignment pair (image or I+, prompt) must
     # differ from (I+, p) in its image or its prompt
     same = [r["negative_id"] for r in rows
             if (r["aspect"] != "ali" and r["image_sha256"] in (None, r["positive_sha256"]))
             or (r["aspect"] == "ali" and (r["image_sha256"] or r["positive_sha256"]) == r["positive_sha256"]
-                and (r["mismatched_prompt"] or "") == prompts.get(r["prompt_id"]))]
+                and (r["mismatched_prompt"] or "") == texts.get(r["prompt_id"]))]
     return dg.AssetCheckResult(passed=not same, metadata={"negatives": len(rows), "identical_to_positive": len(same),
                                                           "first_failures": dg.MetadataValue.json(same[:5])})
 
@@ -61,14 +61,14 @@ INTENDED_DIRECTION = {
 }
 
 
-@dg.asset_check(asset=negative_images, description=(
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=negative_images, description=(
     "Each negative moves its measurable in the intended direction (noise raises the noise estimate, "
     "JPEG raises blockiness, ...); fails when a conventional method does so for under 90% of negatives."))
-def negatives_move_in_intended_direction(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+def negatives_move_in_intended_direction(negative_images: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     from eliq_pipeline.ml import degradations
 
     store = artifacts.store()
-    rows = store.get_table(era_key(_partition(context), "negative_images.parquet")).to_pylist()
+    rows = negative_images.to_pylist()
     measured: dict[str, list[bool]] = {}
     for row in rows:
         if row["method"] not in INTENDED_DIRECTION or not row["image_sha256"]:
@@ -85,11 +85,11 @@ def negatives_move_in_intended_direction(context: dg.AssetCheckExecutionContext,
                   "measurables": dg.MetadataValue.json({m: f"{'raise' if s > 0 else 'lower'} {n}" for m, (n, s) in INTENDED_DIRECTION.items()})})
 
 
-@dg.asset_check(asset=comparison_tuples, blocking=True,
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=comparison_tuples, blocking=True,
                 description="Every tuple references images that exist and decode; splits are prompt-disjoint and non-empty.")
-def tuples_reference_valid_images(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+def tuples_reference_valid_images(comparison_tuples: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifacts.store()
-    rows = store.get_table(era_key(_partition(context), "comparison_tuples.parquet")).to_pylist()
+    rows = comparison_tuples.to_pylist()
     bad = _undecodable(store, (r[c] for r in rows for c in ("positive_sha256", "tec_sha256", "aes_sha256", "ali_sha256")))
     train = {r["prompt_id"] for r in rows if r["split"] == "train"}
     heldout = {r["prompt_id"] for r in rows if r["split"] == "heldout"}
@@ -100,17 +100,16 @@ def tuples_reference_valid_images(context: dg.AssetCheckExecutionContext, artifa
         "train_prompts": len(train), "heldout_prompts": len(heldout), "prompts_in_both_splits": len(overlap)})
 
 
-@dg.asset_check(asset=qqt_model, description="The scorer ranks held-out positives above their negatives better than chance.")
-def qqt_beats_chance(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
-    store = artifacts.store()
-    report = json.loads(store.get_bytes(era_key(_partition(context), "qqt_model/training_report.json")))
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=qqt_model, description="The scorer ranks held-out positives above their negatives better than chance.")
+def qqt_beats_chance(qqt_model: Path) -> dg.AssetCheckResult:
+    report = json.loads((qqt_model / "training_report.json").read_text())
     accuracy = report["heldout_accuracy"]
     passed = bool(accuracy) and all(value > 0.5 for value in accuracy.values())
     return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"heldout_accuracy": dg.MetadataValue.json(accuracy)})
 
 
-@dg.asset_check(asset=benchmark_scores, description=(
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=benchmark_scores, description=(
     "Era-over-era drift: flags (WARN) a benchmark whose label-free SRCC fell more than the configured "
     "threshold (ELIQ_DRIFT_THRESHOLD) below the previous era's."))
 def srcc_not_below_previous_era(

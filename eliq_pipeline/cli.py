@@ -119,16 +119,14 @@ def _supervision(args: argparse.Namespace) -> int:
     """Counts per family x aspect x method of an era's negatives (and its tuples), from the store."""
     import json
 
-    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.definitions import load_era_value
     from eliq_pipeline.ml.supervision import count_by
 
-    store = resources_from_env()["artifacts"].store()
-    key = f"eras/{args.era}/negative_images.parquet"
-    if not store.exists(key):
-        raise FileNotFoundError(f"era {args.era!r} has no materialized negative_images ({store.describe(key)})")
-    negatives = store.get_table(key).to_pylist()
-    tuples_key = f"eras/{args.era}/comparison_tuples.parquet"
-    tuples = store.get_table(tuples_key).to_pylist() if store.exists(tuples_key) else []
+    negatives = load_era_value("negative_images", args.era).to_pylist()
+    try:
+        tuples = load_era_value("comparison_tuples", args.era).to_pylist()
+    except FileNotFoundError:  # negatives built, tuples not yet
+        tuples = []
     counts = count_by(negatives, "family", "aspect", "method")
     if args.format == "json":
         print(json.dumps({"era": args.era, "negatives": counts, "tuples": count_by(tuples, "split")}, indent=2))

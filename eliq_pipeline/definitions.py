@@ -11,6 +11,7 @@ from eliq_pipeline.assets import ELIQ_ASSETS
 from eliq_pipeline.checks import ELIQ_CHECKS
 from eliq_pipeline.jobs import eliq_job, retrain_job
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
+from eliq_pipeline.resources.io_manager import EraArtifactIOManager
 from eliq_pipeline.sensors import era_registry_sensor, weekly_retrain_schedule
 
 
@@ -50,15 +51,18 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
     process_env = env is None
     env = dict(os.environ if env is None else env)
     home = eliq_home(env)
+    artifacts = ArtifactStoreResource(
+        backend=env.get("ELIQ_STORE", "local"),
+        root=str(home / "artifacts"),
+        bucket=env.get("ELIQ_S3_BUCKET", ""),
+        prefix=env.get("ELIQ_S3_PREFIX", "eliq"),
+        s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", ""),
+        s3_region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
     return {
-        "artifacts": ArtifactStoreResource(
-            backend=env.get("ELIQ_STORE", "local"),
-            root=str(home / "artifacts"),
-            bucket=env.get("ELIQ_S3_BUCKET", ""),
-            prefix=env.get("ELIQ_S3_PREFIX", "eliq"),
-            s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", ""),
-            s3_region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        ),
+        "artifacts": artifacts,
+        # asset values (tables, model folders) on the artifact store, by era
+        "io_manager": EraArtifactIOManager(artifacts=artifacts),
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "profile": ModelProfileResource(
             profile=env.get("ELIQ_PROFILE", "tiny"), home=str(home),
@@ -86,3 +90,14 @@ def build_definitions(env: dict[str, str] | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def load_era_value(asset: str, era: str, env: dict[str, str] | None = None):
+    """An era's value of `asset` through the IO manager, as `defs.load_asset_value` gives it (a
+    pyarrow Table, or a local folder for a model). The value lives in the artifact store, not in
+    the instance, so an ephemeral instance that knows the era stands in for the user's."""
+    from eliq_pipeline.partitions import ERA_PARTITIONS
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(ERA_PARTITIONS.name, [era])
+        return build_definitions(env).load_asset_value(asset, partition_key=era, instance=instance)

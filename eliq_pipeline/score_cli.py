@@ -464,21 +464,13 @@ def _era_provenance(era: str, head_dir: Path, profile: Any) -> dict[str, Any]:
 
 def export_era(era: str, out: Path, env: dict[str, str] | None = None) -> Path:
     """Bundle an era's tuned_mllm + qqt_model from the artifact store configured by ``env``."""
-    from eliq_pipeline.assets.common import era_key
     from eliq_pipeline.assets.critic import resolve_backbone
-    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.definitions import load_era_value, resources_from_env
     from eliq_pipeline.ml.bundle import export_bundle
 
-    resources = resources_from_env(env)
-    store, profile = resources["artifacts"].store(), resources["profile"]
-    missing = [part for part in ("tuned_mllm", "qqt_model") if not store.dir_exists(era_key(era, part))]
-    if missing:
-        raise FileNotFoundError(
-            f"era {era!r} has no {' and no '.join(missing)} in the artifact store "
-            f"({store.describe(era_key(era, ''))}); materialize it first: eliq materialize --era {era}"
-        )
-    adapter_dir = store.get_dir(era_key(era, "tuned_mllm"))
-    head_dir = store.get_dir(era_key(era, "qqt_model"))
+    profile = resources_from_env(env)["profile"]
+    adapter_dir = load_era_value("tuned_mllm", era, env)  # FileNotFoundError says to materialize the era
+    head_dir = load_era_value("qqt_model", era, env)
     return export_bundle(adapter_dir, head_dir, Path(out), base=resolve_backbone(profile),
                          provenance=_era_provenance(era, head_dir, profile))
 

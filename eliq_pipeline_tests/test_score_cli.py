@@ -423,5 +423,5 @@ def test_export_of_an_unmaterialized_era_fails_clearly(tiny_era: dict[str, str],
         monkeypatch.setenv(key, value)
     assert main(["export", "--era", "era-z", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "era 'era-z' has no tuned_mllm and no qqt_model" in err and "eliq materialize --era era-z" in err
+    assert "tuned_mllm of era 'era-z' is not in the artifact store" in err and "eliq materialize --era era-z" in err
     assert not (tmp_path / "b").exists()

@@ -15,11 +15,6 @@ GROUP_CRITIC = "critic"
 GROUP_EVALUATION = "evaluation"
 
 
-def era_key(era: str, name: str) -> str:
-    """Where an era-partitioned artifact lives in the store."""
-    return f"eras/{era}/{name}"
-
-
 def current_era(context: dg.AssetExecutionContext, eras: EraRegistryResource) -> Era:
     return eras.era(context.partition_key)
 
@@ -28,15 +23,13 @@ def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema | None = Non
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResource,
-                 artifacts: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
-    """Every materialization records the era definition and profile it was built from, and the
-    store keys it wrote (a trailing '/' for a model folder): `eliq materialize` compares the first
-    two to decide whether an era is up to date, and rebuilds an asset whose artifacts are gone."""
+def era_metadata(era: Era, eras: EraRegistryResource, profile: ModelProfileResource, **extra: Any) -> dict[str, Any]:
+    """Every materialization records the era definition and profile it was built from, which
+    `eliq materialize` compares to decide whether an era is up to date (the IO manager adds the
+    store keys of the value, so an asset whose value is gone is rebuilt too)."""
     registry = eras.load()
     return {"era_fingerprint": era.fingerprint(registry.generators), "profile": profile.profile,
-            "profile_fingerprint": profile.fingerprint(),
-            "artifacts": dg.MetadataValue.json(list(artifacts)), **extra}
+            "profile_fingerprint": profile.fingerprint(), **extra}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

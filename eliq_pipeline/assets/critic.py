@@ -2,15 +2,15 @@
 
 
 import json
-import tempfile
 from functools import partial
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 
-from eliq_pipeline.assets.common import GROUP_CRITIC, current_era, era_key, era_metadata, rows_to_table
-from eliq_pipeline.assets.supervision import comparison_tuples
+from eliq_pipeline.assets.common import GROUP_CRITIC, current_era, era_metadata, rows_to_table
 from eliq_pipeline.ml import critic_data
+from eliq_pipeline.ml.atomic import staged_dir
 from eliq_pipeline.ml.benchmark_inputs import benchmark_requests, image_loader
 from eliq_pipeline.ml.backbone import build_tiny_backbone
 from eliq_pipeline.ml.embedding_cache import EmbeddingCache
@@ -23,6 +23,9 @@ from eliq_pipeline.ml.supervision import get_image, resolve_local_model
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
 
+# The cache namespace of an era's embeddings travels with its table (parquet schema metadata).
+NAMESPACE_KEY = b"eliq_embedding_namespace"
+
 
 def resolve_backbone(profile: ModelProfileResource) -> str:
     """The base MLLM as a loadable reference: tiny is built once into $ELIQ_HOME/models."""
@@ -30,29 +33,29 @@ def resolve_backbone(profile: ModelProfileResource) -> str:
                                lambda arch, out, seed: build_tiny_backbone(out, seed=seed))
 
 
-def load_era_tuples(store, era: str) -> list[dict]:
-    return store.get_table(era_key(era, "comparison_tuples.parquet")).to_pylist()
-
-
 def adapter_namespace(adapter_dir: Path) -> str:
     """The adapter fingerprint as a path-safe embedding-cache namespace."""
     return adapter_fingerprint(adapter_dir).split(":")[-1][:32]
 
 
-def tuned_backbone_dir(store, era: str) -> Path:
-    return store.get_dir(era_key(era, "tuned_mllm"))
+def embedding_namespace(aspect_embeddings: pa.Table) -> str:
+    return aspect_embeddings.schema.metadata[NAMESPACE_KEY].decode()
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-1",
-          deps=[comparison_tuples], pool="gpu")
+def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path:
+    """Where an asset builds a model folder that the IO manager then publishes to the store."""
+    return Path(profile.home) / "work" / era / "outputs" / name
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-1", pool="gpu")
 def tuned_mllm(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[Path]:
     """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
-    rows = load_era_tuples(store, era.name)
+    rows = comparison_tuples.to_pylist()
     load = partial(get_image, store)
     aspects = set(settings.supervision_aspects)  # Table 5 ablations drop whole aspects
 
@@ -66,12 +69,10 @@ def tuned_mllm(
     base = resolve_backbone(profile)
     result = tune_backbone(base, train, heldout, config, work_dir, device=profile.torch_device(),
                            log=context.log.info)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_tuned_backbone(result.model, result.processor, Path(tmp), base_ref=settings.backbone)
-        fingerprint = adapter_namespace(Path(tmp))
-        store.put_dir(Path(tmp), era_key(era.name, "tuned_mllm"))
-    return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, "tuned_mllm/")], adapter_hash=fingerprint,
+    out = save_tuned_backbone(result.model, result.processor, model_output_dir(profile, era.name, "tuned_mllm"),
+                              base_ref=settings.backbone)
+    return dg.Output(out, metadata=era_metadata(
+        era, eras, profile, adapter_hash=adapter_namespace(out),
         base_backbone=settings.backbone, resumed_from_step=result.resumed_from_step,
         train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
         trainable_parameters=result.trainable_params,
@@ -81,20 +82,19 @@ def tuned_mllm(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-1",
-          deps=[tuned_mllm], pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-2", pool="gpu")
 def aspect_embeddings(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, tuned_mllm: Path, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[pa.Table]:
     """z_tec, z_aes, z_ali (3.3.2) for every tuple image and every benchmark image found, through a
     cache keyed by (adapter hash, image sha256, aspect, prompt hash)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
-    adapter_dir = tuned_backbone_dir(store, era.name)
+    adapter_dir = tuned_mllm
     namespace = adapter_namespace(adapter_dir)
     cache = EmbeddingCache(store, namespace)
-    requests = critic_data.all_tuple_requests(load_era_tuples(store, era.name))
+    requests = critic_data.all_tuple_requests(comparison_tuples.to_pylist())
     bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path, profile.benchmark_config())
     requests += bench_requests
     model_holder: dict = {}
@@ -111,40 +111,36 @@ def aspect_embeddings(
                                     progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"))
     index = [{"key": r.key(namespace), "image_sha256": r.image_sha256, "aspect": r.aspect,
               "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
-    store.put_table(era_key(era.name, "aspect_embeddings.parquet"), rows_to_table(index))
-    store.put_bytes(era_key(era.name, "aspect_embeddings.json"), json.dumps({"namespace": namespace}).encode())
-    return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, "aspect_embeddings.parquet"),
-                                       era_key(era.name, "aspect_embeddings.json")],
-        embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
+    table = rows_to_table(index)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), NAMESPACE_KEY: namespace.encode()})
+    return dg.Output(table, metadata=era_metadata(
+        era, eras, profile, embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
         benchmark_images=dg.MetadataValue.json(bench_counts),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="qqt-1",
-          deps=[aspect_embeddings])
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="qqt-1")
 def qqt_model(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, aspect_embeddings: pa.Table,
+    eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[Path]:
     """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
-    namespace = json.loads(store.get_bytes(era_key(era.name, "aspect_embeddings.json")))["namespace"]
+    namespace = embedding_namespace(aspect_embeddings)
     cache = EmbeddingCache(store, namespace)
-    rows = load_era_tuples(store, era.name)
+    rows = comparison_tuples.to_pylist()
     train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"])
     heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"])
     config = settings.scorer_config(hidden_size=int(train.pos_tec.shape[1]), seed=era.seed)
     result = train_scoring_head(train, heldout, config, log=context.log.info)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_scoring_head(result.model, config, Path(tmp))
-        (Path(tmp) / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
-        (Path(tmp) / "training_report.json").write_text(json.dumps(
+    with staged_dir(model_output_dir(profile, era.name, "qqt_model")) as out:
+        save_scoring_head(result.model, config, out)
+        (out / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
+        (out / "training_report.json").write_text(json.dumps(
             {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
-        store.put_dir(Path(tmp), era_key(era.name, "qqt_model"))
-    return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, "qqt_model/")], train_tuples=len([r for r in rows if r["split"] == "train"]),
+    return dg.Output(model_output_dir(profile, era.name, "qqt_model"), metadata=era_metadata(
+        era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
         heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
         heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,

@@ -2,11 +2,12 @@
 and weak-supervised) and classic label-free baselines (NIQE, PIQE), into the DuckDB warehouse."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 
-from eliq_pipeline.assets.common import GROUP_EVALUATION, current_era, era_key, era_metadata, markdown_table
-from eliq_pipeline.assets.critic import load_era_tuples, qqt_model
+from eliq_pipeline.assets.common import GROUP_EVALUATION, current_era, era_metadata, markdown_table
 from eliq_pipeline.ml import critic_data
 from eliq_pipeline.ml.baselines import make_baseline
 from eliq_pipeline.ml.benchmark_inputs import load_present_benchmarks
@@ -21,28 +22,32 @@ from eliq_pipeline.ml.scorer import load_scoring_head, ranking_accuracies
 from eliq_pipeline.ml.supervision import get_image, preview_markdown, stable_hash
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
+from eliq_pipeline.resources.io_manager import era_key
 
 TABLE_COLUMNS = ("method", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-2", deps=[qqt_model])
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-2")
 def benchmark_scores(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource, warehouse: WarehouseResource,
+    context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, qqt_model: Path,
+    eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Held-out tuple ranking accuracy, and on every benchmark found: label-free and weak-supervised
+    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1); rows go to the warehouse."""
     era = current_era(context, eras)
     store = artifacts.store()
-    head_dir = store.get_dir(era_key(era.name, "qqt_model"))
+    head_dir = qqt_model
     namespace = json.loads((head_dir / "embedding_namespace.json").read_text())["namespace"]
     head, _ = load_scoring_head(head_dir)
     cache = EmbeddingCache(store, namespace)
-    heldout = [r for r in load_era_tuples(store, era.name) if r["split"] == "heldout"]
+    heldout = [r for r in comparison_tuples.to_pylist() if r["split"] == "heldout"]
     accuracies = ranking_accuracies(head, critic_data.tuple_embeddings(cache, heldout))
     rows = heldout_rows(accuracies, len(heldout))
     present, skipped = load_present_benchmarks(profile.datasets_path, profile.benchmark_config())
     scatter = {}
     if present:
-        positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
+        positives = positive_images.to_pylist()
         niqe_model = niqe_model_for([get_image(store, r["image_sha256"]) for r in positives], profile.niqe_params or None)
         baselines = {"niqe": (stable_hash(niqe_model.mu.tolist(), niqe_model.cov.tolist(), length=12),
                               make_baseline("niqe", model=niqe_model)),
@@ -63,8 +68,7 @@ def benchmark_scores(
     for row in rows:
         row["method"] = method_of(row["protocol"])
     metadata = era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, f"scatter-{name}.png") for name in scatter],
-        bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
+        era, eras, profile, bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
         skipped_benchmarks=dg.MetadataValue.json({name: reason for name, reason in skipped}),
         heldout_accuracy=dg.MetadataValue.json(accuracies),
         scores=dg.MetadataValue.md(markdown_table(rows, TABLE_COLUMNS)),

@@ -3,8 +3,9 @@
 import json
 
 import dagster as dg
+import pyarrow as pa
 
-from eliq_pipeline.assets.common import GROUP_SUPERVISION, current_era, era_key, era_metadata, rows_to_table
+from eliq_pipeline.assets.common import GROUP_SUPERVISION, current_era, era_metadata, rows_to_table
 from eliq_pipeline.eras import OFFLINE_EDITOR, Era, EraRegistry
 from eliq_pipeline.ml import supervision as sup
 from eliq_pipeline.ml import import_backend  # noqa: F401  (registers the "import" backend)
@@ -16,13 +17,14 @@ from eliq_pipeline.ml.prompts import (
 )
 from eliq_pipeline.partitions import ERA_PARTITIONS
 from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+from eliq_pipeline.resources.io_manager import era_key
 
 
-def load_prompts(store, era: str) -> list[Prompt]:
-    table = store.get_table(era_key(era, "prompts.parquet")).to_pylist()
+def prompt_list(table: pa.Table) -> list[Prompt]:
+    """The `prompts` asset's table as Prompt objects."""
     return [Prompt(prompt_id=r["prompt_id"], text=r["text"], category=r["category"],
                    sub_concept=r["sub_concept"], labels=list(r["labels"]), subject=r.get("subject") or "")
-            for r in table]
+            for r in table.to_pylist()]
 
 
 def _defaults(profile: ModelProfileResource) -> dict:
@@ -90,8 +92,7 @@ def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profi
 @dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-3")
 def prompts(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+) -> dg.Output[pa.Table]:
     """The prompt bank of the paper's seven-category taxonomy (3.2.1), with multi-label categories."""
     era = current_era(context, eras)
     settings = profile.settings()
@@ -110,11 +111,8 @@ def prompts(
              "variants": json.dumps({k: v.text for k, v in sup.variants_for(p).items()}),
              "degraded_prompt": degraded_prompt(p.text), "appearance_prompt": aesthetic_degraded_prompt(p.text)}
             for p in bank]
-    store = artifacts.store()
-    store.put_table(era_key(era.name, "prompts.parquet"), rows_to_table(rows))
     coverage = sup.count_by(rows, "category")
-    return dg.MaterializeResult(metadata=era_metadata(era, eras, profile, artifacts=[era_key(era.name, "prompts.parquet")],
-                                                      num_prompts=len(rows),
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
                                                       source=profile.prompts_file or "generated bank",
                                                       variant_kinds=dg.MetadataValue.json(sup.count_by(
                                                           [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
@@ -123,38 +121,34 @@ def prompts(
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2",
-          deps=[prompts], pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2", pool="gpu")
 def positive_images(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+    context: dg.AssetExecutionContext, prompts: pa.Table, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+) -> dg.Output[pa.Table]:
     """One image per (prompt, positive generator) of the era (3.2.2); a generator shared with an
     earlier era reuses its cached images."""
     era: Era = current_era(context, eras)
     registry, store = eras.load(), artifacts.store()
-    requests = _requests(registry, era.positive_generators, load_prompts(store, era.name), profile)
+    requests = _requests(registry, era.positive_generators, prompt_list(prompts), profile)
     loaded, skipped = {}, []
     rows, generated, reused = sup.generate_images(store, requests, _generator_loader(registry, profile, loaded),
                                                   profile.settings().generation_batch_size, _progress(context, "positives"),
                                                   skipped=skipped)
     for skip in skipped:
         context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
-    store.put_table(era_key(era.name, "positive_images.parquet"), rows_to_table(rows))
-    return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, "positive_images.parquet")],
-        images_generated=generated, images_reused=reused, num_positives=len(rows),
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+        era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
         images_skipped=len(skipped), per_generator=dg.MetadataValue.json(sup.count_by(rows, "generator")),
         import_reports=dg.MetadataValue.json(_import_reports(loaded)),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-5",
-          deps=[positive_images], pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-5", pool="gpu")
 def negative_images(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, prompts: pa.Table, positive_images: pa.Table, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[pa.Table]:
     """Aspect-specific negatives per positive (3.2.3), conventional and AI-specific: repeated JPEG,
     Gaussian noise, degraded prompts, premature decoding (tec); the editor, low-quality generators,
     appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali).
@@ -163,31 +157,28 @@ def negative_images(
     skipped, with count and reason per family/method in `skipped_negatives`."""
     era = current_era(context, eras)
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
-    prompt_list = load_prompts(store, era.name)
-    positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
+    bank, positives = prompt_list(prompts), positive_images.to_pylist()
     load, batch = _generator_loader(registry, profile), settings.generation_batch_size
     low_skipped: list[dict] = []
     low, low_generated, low_reused = sup.generate_images(
-        store, _requests(registry, era.low_quality_generators, prompt_list, profile), load, batch,
+        store, _requests(registry, era.low_quality_generators, bank, profile), load, batch,
         _progress(context, "low-quality"), skipped=low_skipped)
     # AI-specific renders need the positive's own sampler: planned only for generators that have
     # one; for the others (imported images) they are skipped and reported, the rest is built.
     no_sampler = _without_sampler(registry, era.positive_generators)
     samplers = [gid for gid in era.positive_generators if gid not in no_sampler]
-    planned = sup.ai_specific_requests(_requests(registry, samplers, prompt_list, profile), settings.premature_fraction)
+    planned = sup.ai_specific_requests(_requests(registry, samplers, bank, profile), settings.premature_fraction)
     ai_rows, ai_generated, ai_reused = sup.generate_ai_specific(store, planned, load, batch,
                                                                 _progress(context, "AI-specific"))
     skipped_negatives = {**sup.sampler_skips(positives, no_sampler), **sup.low_quality_skips(positives, low_skipped)}
     for key, skip in skipped_negatives.items():
         context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
-    rows, created, reused = sup.build_negatives(store, positives, prompt_list, low, era.seed, ai_generated=ai_rows,
+    rows, created, reused = sup.build_negatives(store, positives, bank, low, era.seed, ai_generated=ai_rows,
                                                 editors=_editors(registry, era, profile))
-    store.put_table(era_key(era.name, "negative_images.parquet"), rows_to_table(rows))
     preview = sup.preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
-    return dg.MaterializeResult(metadata=era_metadata(
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
         era, eras, profile, num_negatives=len(rows),
-        artifacts=[era_key(era.name, "negative_images.parquet"), era_key(era.name, "negative_preview.png")],
         images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
         degradations_created=created, degradations_reused=reused,
         counts_by_family_aspect=dg.MetadataValue.json(sup.count_by(rows, "family", "aspect")),
@@ -199,27 +190,21 @@ def negative_images(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-2",
-          deps=[negative_images])
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-2")
 def comparison_tuples(
-    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, positive_images: pa.Table, negative_images: pa.Table,
+    eras: EraRegistryResource, profile: ModelProfileResource,
+) -> dg.Output[pa.Table]:
     """(I+, I-tec, I-aes, p, p-ali) tuples with a prompt-disjoint train / held-out split."""
     era = current_era(context, eras)
-    store, settings = artifacts.store(), profile.settings()
-    positives = store.get_table(era_key(era.name, "positive_images.parquet")).to_pylist()
-    negatives = store.get_table(era_key(era.name, "negative_images.parquet")).to_pylist()
-    rows = sup.build_tuples(positives, negatives, settings.heldout_fraction, era.seed, settings.tuples_per_positive,
+    settings = profile.settings()
+    rows = sup.build_tuples(positive_images.to_pylist(), negative_images.to_pylist(), settings.heldout_fraction, era.seed, settings.tuples_per_positive,
                             families=settings.negative_families, exclude_methods=settings.tuple_exclude_methods)
     for row in rows:
         row["era"] = era.name
-    store.put_table(era_key(era.name, "comparison_tuples.parquet"), rows_to_table(rows))
     split = sup.count_by(rows, "split")
-    return dg.MaterializeResult(metadata=era_metadata(
-        era, eras, profile, artifacts=[era_key(era.name, "comparison_tuples.parquet")],
-        num_tuples=len(rows), split=dg.MetadataValue.json(split),
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+        era, eras, profile, num_tuples=len(rows), split=dg.MetadataValue.json(split),
         methods=dg.MetadataValue.json({
             aspect: sup.count_by(rows, f"{aspect}_family", f"{aspect}_method") for aspect in ("tec", "aes", "ali")}),
-        location=store.describe(era_key(era.name, "comparison_tuples.parquet")),
     ))
