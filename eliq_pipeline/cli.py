@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eliq_pipeline.eras import ErasFileError, append_era, default_eras_path, load_eras
-from eliq_pipeline.resources.warehouse import SCORES_COLUMNS
+from eliq_pipeline.core.eras import ErasFileError, append_era, default_eras_path, load_eras
+from eliq_pipeline.defs.resources.warehouse import SCORES_COLUMNS
 from eliq_pipeline.score_cli import register as register_scoring
 
 
@@ -33,7 +33,7 @@ def _partition_status() -> dict[str, str] | None:
         return None
     import dagster as dg
 
-    from eliq_pipeline.partitions import ERA_PARTITIONS
+    from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 
     with dg.DagsterInstance.get() as instance:
         return {name: "registered" for name in instance.get_dynamic_partitions(ERA_PARTITIONS.name)}
@@ -88,7 +88,7 @@ def _materialize(args: argparse.Namespace) -> int:
 def _print_report(era: str | None, fmt: str, out) -> None:
     """CSV: the rows of the scores table. Markdown: the era-by-era (drift) view, one column per era."""
     from eliq_pipeline.definitions import resources_from_env
-    from eliq_pipeline.ml.evaluation import method_of
+    from eliq_pipeline.evaluation.evaluation import method_of
 
     rows = resources_from_env()["warehouse"].scores(era)
     if fmt == "csv":
@@ -120,7 +120,7 @@ def _supervision(args: argparse.Namespace) -> int:
     import json
 
     from eliq_pipeline.definitions import load_era_value
-    from eliq_pipeline.ml.supervision import count_by
+    from eliq_pipeline.supervision.tuples import count_by
 
     negatives = load_era_value("negative_images", args.era).to_pylist()
     try:

@@ -1,4 +1,5 @@
-"""The Dagster code location: assets, checks, jobs, sensor, schedule and env-driven resources."""
+"""The Dagster code location: the assets and checks of `defs/` (one folder per paper section), jobs,
+sensor, schedule and env-driven resources."""
 
 from __future__ import annotations
 
@@ -7,12 +8,27 @@ from pathlib import Path
 
 import dagster as dg
 
-from eliq_pipeline.assets import ELIQ_ASSETS
-from eliq_pipeline.checks import ELIQ_CHECKS
-from eliq_pipeline.jobs import eliq_job, retrain_job
-from eliq_pipeline.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
-from eliq_pipeline.resources.io_manager import EraArtifactIOManager
-from eliq_pipeline.sensors import era_registry_sensor, weekly_retrain_schedule
+from eliq_pipeline.defs.automation import era_registry_sensor, weekly_retrain_schedule
+from eliq_pipeline.defs.critic.assets import aspect_embeddings, qqt_model, tuned_mllm
+from eliq_pipeline.defs.critic.checks import qqt_beats_chance
+from eliq_pipeline.defs.evaluation.assets import benchmark_scores
+from eliq_pipeline.defs.evaluation.checks import srcc_not_below_previous_era
+from eliq_pipeline.defs.jobs import eliq_job, retrain_job
+from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
+from eliq_pipeline.defs.resources.io_manager import EraArtifactIOManager
+from eliq_pipeline.defs.supervision.assets import comparison_tuples, negative_images, positive_images, prompts
+from eliq_pipeline.defs.supervision.checks import (
+    negatives_differ_from_positives, negatives_move_in_intended_direction, positive_images_decode,
+    tuples_reference_valid_images,
+)
+
+# The eight ELIQ assets, all partitioned by era, and their checks.
+ELIQ_ASSETS = [
+    prompts, positive_images, negative_images, comparison_tuples,
+    tuned_mllm, aspect_embeddings, qqt_model, benchmark_scores,
+]
+ELIQ_CHECKS = [srcc_not_below_previous_era, positive_images_decode, negatives_differ_from_positives,
+               negatives_move_in_intended_direction, tuples_reference_valid_images, qqt_beats_chance]
 
 
 def eliq_home(env: dict[str, str] | None = None) -> Path:
@@ -96,7 +112,7 @@ def load_era_value(asset: str, era: str, env: dict[str, str] | None = None):
     """An era's value of `asset` through the IO manager, as `defs.load_asset_value` gives it (a
     pyarrow Table, or a local folder for a model). The value lives in the artifact store, not in
     the instance, so an ephemeral instance that knows the era stands in for the user's."""
-    from eliq_pipeline.partitions import ERA_PARTITIONS
+    from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(ERA_PARTITIONS.name, [era])

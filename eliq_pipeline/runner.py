@@ -11,13 +11,12 @@ from typing import Callable, Sequence
 
 import dagster as dg
 
-from eliq_pipeline.assets import ELIQ_ASSETS
-from eliq_pipeline.definitions import build_definitions, eliq_home, resources_from_env
-from eliq_pipeline.eras import check_runnable, load_eras
-from eliq_pipeline.ml.benchmark_inputs import load_present_benchmarks
-from eliq_pipeline.partitions import ERA_PARTITIONS
+from eliq_pipeline.core.eras import check_runnable, load_eras
+from eliq_pipeline.core.storage import ArtifactStore
+from eliq_pipeline.definitions import ELIQ_ASSETS, build_definitions, eliq_home, resources_from_env
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.evaluation.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.run_guard import home_lock, interrupted, process_tags, reap_dead_runs
-from eliq_pipeline.storage import ArtifactStore
 
 
 # Step-level DEBUG events stay in the run's event log (the UI shows them); the console gets INFO.

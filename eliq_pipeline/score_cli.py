@@ -1,5 +1,7 @@
 """`eliq score` (score images with an exported critic bundle) and `eliq export` (bundle an era).
 
+Over 400 lines: an entry point (two commands, their resumable output and locking), kept with its argument parser.
+
 `eliq score` is built for long unattended runs: one unreadable image becomes an error row instead
 of stopping the run, the output file is rewritten atomically after every chunk, and a rerun keeps
 the rows already scored (by image + prompt) and scores only the rest.
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from eliq_pipeline.ml.atomic import staged_file
+from eliq_pipeline.core.atomic import staged_file
 
 try:
     import fcntl
@@ -290,7 +292,7 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _load(item: ScoreItem) -> Any:
-    from eliq_pipeline.ml.images import load_image
+    from eliq_pipeline.core.images import load_image
 
     if item.path is None:
         raise ValueError("no image path given")
@@ -421,7 +423,7 @@ class _LazyScorer:
 def run_score(args: argparse.Namespace) -> int:
     import torch
 
-    from eliq_pipeline.ml.bundle import ELIQScorer, verify_bundle
+    from eliq_pipeline.critic.bundle import ELIQScorer, verify_bundle
 
     out = Path(args.out)
     _check_output_path(out)
@@ -464,20 +466,20 @@ def _era_provenance(era: str, head_dir: Path, profile: Any) -> dict[str, Any]:
 
 def export_era(era: str, out: Path, env: dict[str, str] | None = None) -> Path:
     """Bundle an era's tuned_mllm + qqt_model from the artifact store configured by ``env``."""
-    from eliq_pipeline.assets.critic import resolve_backbone
+    from eliq_pipeline import tiny
+    from eliq_pipeline.critic.bundle import export_bundle
     from eliq_pipeline.definitions import load_era_value, resources_from_env
-    from eliq_pipeline.ml.bundle import export_bundle
 
     profile = resources_from_env(env)["profile"]
     adapter_dir = load_era_value("tuned_mllm", era, env)  # FileNotFoundError says to materialize the era
     head_dir = load_era_value("qqt_model", era, env)
-    return export_bundle(adapter_dir, head_dir, Path(out), base=resolve_backbone(profile),
+    return export_bundle(adapter_dir, head_dir, Path(out), base=tiny.resolve(profile.settings().backbone, profile.models_dir),
                          provenance=_era_provenance(era, head_dir, profile))
 
 
 def run_export(args: argparse.Namespace) -> int:
     out = export_era(args.era, Path(args.out))
-    from eliq_pipeline.ml.bundle import read_bundle_meta
+    from eliq_pipeline.critic.bundle import read_bundle_meta
 
     base_ref = read_bundle_meta(out)["base_ref"]
     hint = " --base <folder of that backbone>" if base_ref.startswith("tiny:") else ""

@@ -1,8 +1,10 @@
-"""Shared fixtures: a moto S3 endpoint (server mode) on 127.0.0.1 and a bucket in it."""
+"""Shared fixtures: a moto S3 endpoint (server mode) on 127.0.0.1 and a bucket in it, and one torch
+thread for the toy-sized model tests."""
 
 from __future__ import annotations
 
 import socket
+from typing import Iterator
 
 import pytest
 
@@ -42,3 +44,15 @@ def s3_bucket(s3_endpoint, aws_env):
     name = f"eliq-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Toy-sized ops are dominated by thread hand-off: one intra-op thread is ~10x faster on a
+    busy 2-core box. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

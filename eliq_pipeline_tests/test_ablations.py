@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from eliq_pipeline.runner import materialize_eras
-from eliq_pipeline.storage import LocalArtifactStore
+from eliq_pipeline.core.storage import LocalArtifactStore
 from eliq_pipeline_tests.pipeline_helpers import FAST_OVERRIDES, metadata_of, pipeline_env, write_eras
 
 

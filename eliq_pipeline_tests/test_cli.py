@@ -2,7 +2,7 @@ import dagster as dg
 import pytest
 
 from eliq_pipeline.cli import main
-from eliq_pipeline.eras import ErasFileError
+from eliq_pipeline.core.eras import ErasFileError
 from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
 

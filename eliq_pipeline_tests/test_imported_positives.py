@@ -15,11 +15,11 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from eliq_pipeline.assets import ELIQ_ASSETS
+from eliq_pipeline.definitions import ELIQ_ASSETS
 from eliq_pipeline.definitions import resources_from_env
-from eliq_pipeline.ml.supervision import AI_SPECIFIC_METHODS
+from eliq_pipeline.supervision.generation import AI_SPECIFIC_METHODS
 from eliq_pipeline.runner import materialize_eras
-from eliq_pipeline.storage import LocalArtifactStore
+from eliq_pipeline.core.storage import LocalArtifactStore
 from eliq_pipeline_tests.pipeline_helpers import metadata_of, pipeline_env, write_eras
 from eliq_pipeline_tests.shared_data import datasets_dir
 

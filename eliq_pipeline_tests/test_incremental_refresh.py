@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from eliq_pipeline.assets import ELIQ_ASSETS
-from eliq_pipeline.eras import append_era
+from eliq_pipeline.definitions import ELIQ_ASSETS
+from eliq_pipeline.core.eras import append_era
 from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import agiqa_subset, materialization_ids, metadata_of, pipeline_env, write_eras
 
@@ -153,7 +153,7 @@ def test_a_changed_benchmark_set_rebuilds_only_embeddings_and_downstream(two_era
 def test_drift_check_flags_an_srcc_drop_against_the_previous_era():
     import dagster as dg
 
-    from eliq_pipeline.checks import drift_result
+    from eliq_pipeline.defs.evaluation.checks import drift_result
 
     row = {"benchmark": "agiqa-3k", "protocol": "label-free", "aspect": "visual", "metric": "srcc", "n": 30}
     weak = {**row, "protocol": "weak-supervised", "value": 0.1}

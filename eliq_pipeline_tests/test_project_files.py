@@ -5,10 +5,10 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from eliq_pipeline.assets import ELIQ_ASSETS
-from eliq_pipeline.eras import load_eras
-from eliq_pipeline.profiles import get_profile
-from eliq_pipeline.resources import ModelProfileResource
+from eliq_pipeline.definitions import ELIQ_ASSETS
+from eliq_pipeline.core.eras import load_eras
+from eliq_pipeline.core.profiles import get_profile
+from eliq_pipeline.defs.resources import ModelProfileResource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +48,21 @@ def test_profile_resource_applies_overrides_and_a_local_backbone(tmp_path):
                                     overrides_json='{"n_prompts": 3, "scorer": {"epochs": 2}}')
     settings = resource.settings()
     assert (settings.backbone, settings.n_prompts, settings.scorer["epochs"]) == (str(tmp_path), 3, 2)
+
+
+def test_dg_check_defs_loads_the_project():
+    """`dg check defs` (Dagster's project CLI, `[tool.dg]` in pyproject.toml) loads the code location."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    dg_cli = Path(sys.executable).with_name("dg")
+    if not dg_cli.exists():
+        dg_cli = shutil.which("dg")
+        if dg_cli is None:
+            pytest.skip("dagster-dg-cli is not installed")
+    result = subprocess.run([str(dg_cli), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully." in result.stdout + result.stderr

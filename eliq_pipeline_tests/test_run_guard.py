@@ -162,7 +162,7 @@ def test_an_artifact_gone_from_the_store_is_rebuilt(tmp_path):
 
         (artifacts / "prompts.parquet").unlink()  # the emptied-store case starts at the first asset
         from eliq_pipeline.definitions import resources_from_env
-        from eliq_pipeline.eras import load_eras
+        from eliq_pipeline.core.eras import load_eras
 
         resources = resources_from_env(env)
         era = load_eras(env["ELIQ_ERAS"]).era("era-a")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from eliq_pipeline.ml.bundle import BUNDLE_META_FILE, ELIQScorer, export_bundle
+from eliq_pipeline.critic.bundle import BUNDLE_META_FILE, ELIQScorer, export_bundle
 from eliq_pipeline.score_cli import (
     LEGACY_OUTPUT_COLUMNS,
     OUTPUT_COLUMNS,
@@ -34,7 +34,7 @@ from eliq_pipeline.score_cli import (
     register,
     score_items,
 )
-from eliq_pipeline_tests.ml.test_bundle import LONG_PROMPT, TinyParts, make_adapter, make_tiny_parts
+from eliq_pipeline_tests.critic.test_bundle import LONG_PROMPT, TinyParts, make_adapter, make_tiny_parts
 from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
 
 
@@ -380,12 +380,14 @@ def tiny_era(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def test_export_bundles_a_materialized_era(tiny_era: dict[str, str], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from eliq_pipeline.assets.critic import adapter_namespace, resolve_backbone
+    from eliq_pipeline import tiny
+    from eliq_pipeline.defs.critic.assets import adapter_namespace
     from eliq_pipeline.definitions import resources_from_env
-    from eliq_pipeline.ml import critic_data
-    from eliq_pipeline.ml.embedding_cache import EmbeddingCache
-    from eliq_pipeline.ml.scorer import load_scoring_head, score_embeddings
-    from eliq_pipeline.ml.supervision import get_image
+    from eliq_pipeline.critic import data as critic_data
+    from eliq_pipeline.critic.embedding_cache import EmbeddingCache
+    from eliq_pipeline.critic.head.checkpoints import load_scoring_head
+    from eliq_pipeline.critic.head.modules import score_embeddings
+    from eliq_pipeline.supervision.image_cache import get_image
 
     for key, value in tiny_era.items():
         monkeypatch.setenv(key, value)
@@ -397,7 +399,7 @@ def test_export_bundles_a_materialized_era(tiny_era: dict[str, str], tmp_path: P
     assert meta["provenance"]["embedding_namespace"] == adapter_namespace(out / "adapter")
 
     resources = resources_from_env(tiny_era)
-    store, base = resources["artifacts"].store(), resolve_backbone(resources["profile"])
+    store, base = resources["artifacts"].store(), tiny.resolve(resources["profile"].settings().backbone, resources["profile"].models_dir)
     scorer = ELIQScorer.from_pretrained(out, base_override=base)
 
     # The bundle reproduces what the pipeline computed for this era: the cached embeddings of

@@ -9,11 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from eliq_pipeline.assets import prompts
+from eliq_pipeline.defs.supervision.assets import prompts
 from eliq_pipeline.definitions import resources_from_env
-from eliq_pipeline.eras import load_eras
+from eliq_pipeline.core.eras import load_eras
 from eliq_pipeline.runner import find_stale
-from eliq_pipeline_tests.ml.test_prompt_refine import FakeLLM
+from eliq_pipeline_tests.supervision.test_prompt_refine import FakeLLM
 from eliq_pipeline_tests.pipeline_helpers import metadata_of, pipeline_env, write_eras
 
 SECRET = "sk-test-never-recorded-0123456789"

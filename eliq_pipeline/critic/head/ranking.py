@@ -1,0 +1,167 @@
+"""Comparison tuples as embeddings, their five scores (eq. 17), and held-out ranking accuracy: how
+often a positive scores above its technical, aesthetic and alignment negatives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eliq_pipeline.critic.head.config import ScorerConfig
+from eliq_pipeline.critic.head.losses import total_ranking_loss
+from eliq_pipeline.critic.head.modules import ELIQScoringHead
+
+
+_REQUIRED_TUPLE_FIELDS = (
+    "pos_tec", "pos_aes", "pos_ali",
+    "tecneg_tec", "tecneg_aes",
+    "aesneg_tec", "aesneg_aes",
+    "neg_ali",
+)  # fmt: skip
+
+
+@dataclass
+class TupleEmbeddings:
+    """Frozen embeddings of N comparison tuples (I+, I-_tec, I-_aes, p, p-_ali), row i = tuple i.
+
+    pos_ali is z_ali(I+, p) and neg_ali is z_ali(I+, p-_ali). For s_vis of a visual negative the
+    QQT still needs an alignment token: tecneg_ali / aesneg_ali hold z_ali(I-, p) when the caller
+    embedded it; when left None, pos_ali is reused. Reusing it costs no extra backbone pass and
+    makes the two sides of a visual pair differ only in z_vis, so the visual ranking cannot lean on
+    the alignment token; supplying z_ali(I-, p) matches inference more closely (there z_ali is
+    always computed for the scored image). Both are valid; the choice is the caller's.
+    Accepts numpy arrays or tensors; stores float32 tensors of shape [N, h].
+    """
+
+    pos_tec: Tensor
+    pos_aes: Tensor
+    pos_ali: Tensor
+    tecneg_tec: Tensor
+    tecneg_aes: Tensor
+    aesneg_tec: Tensor
+    aesneg_aes: Tensor
+    neg_ali: Tensor
+    tecneg_ali: Tensor | None = None
+    aesneg_ali: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape: tuple[int, ...] | None = None
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                if f.name in _REQUIRED_TUPLE_FIELDS:
+                    raise ValueError(f"TupleEmbeddings.{f.name} is required")
+                continue
+            tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+            tensor = tensor.detach().to(dtype=torch.float32, device="cpu")
+            if tensor.dim() != 2:
+                raise ValueError(
+                    f"TupleEmbeddings.{f.name} must be 2-D [N, h], got shape {tuple(tensor.shape)}"
+                )
+            if shape is None:
+                shape = tuple(tensor.shape)
+            elif tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"TupleEmbeddings.{f.name} has shape {tuple(tensor.shape)}, "
+                    f"expected {shape} like pos_tec"
+                )
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"TupleEmbeddings.{f.name} contains NaN/inf")
+            setattr(self, f.name, tensor)
+
+    def __len__(self) -> int:
+        return int(self.pos_tec.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.pos_tec.shape[1])
+
+    @property
+    def tecneg_ali_or_pos(self) -> Tensor:
+        return self.tecneg_ali if self.tecneg_ali is not None else self.pos_ali
+
+    @property
+    def aesneg_ali_or_pos(self) -> Tensor:
+        return self.aesneg_ali if self.aesneg_ali is not None else self.pos_ali
+
+    def subset(self, index: Sequence[int] | Tensor | np.ndarray) -> TupleEmbeddings:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return TupleEmbeddings(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+                for f in fields(self)
+            }
+        )
+
+
+@dataclass
+class TupleScores:
+    """The five scores of eq. 17 for a batch of tuples, each [batch]."""
+
+    pos_vis: Tensor
+    tecneg_vis: Tensor
+    aesneg_vis: Tensor
+    pos_ali: Tensor
+    neg_ali: Tensor
+
+
+def score_tuples(
+    model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor | None = None
+) -> TupleScores:
+    """One forward over 4 stacked row groups: I+, I-_tec, I-_aes (all with prompt p) and
+    (I+, p-_ali). Runs in whatever mode/grad context the caller set."""
+    t = tuples
+    idx = torch.arange(len(t)) if index is None else index
+    b = int(idx.shape[0])
+    z_tec = torch.cat([t.pos_tec[idx], t.tecneg_tec[idx], t.aesneg_tec[idx], t.pos_tec[idx]])
+    z_aes = torch.cat([t.pos_aes[idx], t.tecneg_aes[idx], t.aesneg_aes[idx], t.pos_aes[idx]])
+    z_ali = torch.cat(
+        [t.pos_ali[idx], t.tecneg_ali_or_pos[idx], t.aesneg_ali_or_pos[idx], t.neg_ali[idx]]
+    )
+    s_vis, s_ali = model(z_tec, z_aes, z_ali)
+    return TupleScores(
+        pos_vis=s_vis[:b],
+        tecneg_vis=s_vis[b : 2 * b],
+        aesneg_vis=s_vis[2 * b : 3 * b],
+        pos_ali=s_ali[:b],
+        neg_ali=s_ali[3 * b :],
+    )
+
+
+@torch.no_grad()
+def evaluate_ranking(
+    model: ELIQScoringHead, tuples: TupleEmbeddings, cfg: ScorerConfig, batch_size: int = 1024
+) -> tuple[dict[str, float], float]:
+    """Held-out ranking accuracies and mean total loss, in eval mode."""
+    if len(tuples) == 0:
+        raise ValueError("cannot evaluate ranking accuracy on zero tuples")
+    was_training = model.training
+    model.eval()
+    try:
+        parts: list[TupleScores] = []
+        for start in range(0, len(tuples), batch_size):
+            parts.append(
+                score_tuples(model, tuples, torch.arange(start, min(start + batch_size, len(tuples))))
+            )
+    finally:
+        model.train(was_training)
+    s = TupleScores(
+        **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(TupleScores)}
+    )
+    acc = {
+        "vis_vs_tec": float((s.pos_vis > s.tecneg_vis).double().mean()),
+        "vis_vs_aes": float((s.pos_vis > s.aesneg_vis).double().mean()),
+        "ali": float((s.pos_ali > s.neg_ali).double().mean()),
+    }
+    acc["mean"] = (acc["vis_vs_tec"] + acc["vis_vs_aes"] + acc["ali"]) / 3.0
+    loss = float(total_ranking_loss(s, cfg.margin, cfg.visual_loss, cfg.aspects)[0])
+    return acc, loss
+
+
+def ranking_accuracies(model: ELIQScoringHead, tuples: TupleEmbeddings) -> dict[str, float]:
+    """Fraction of tuples where the positive scores strictly higher: vis_vs_tec
+    (s_vis(I+) > s_vis(I-_tec)), vis_vs_aes, ali (s_ali(I+, p) > s_ali(I+, p-_ali)), and mean."""
+    return evaluate_ranking(model, tuples, model.config)[0]

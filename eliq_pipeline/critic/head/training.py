@@ -1,0 +1,137 @@
+"""Training the scoring head (paper 3.3.5): AdamW on the ranking losses, the best held-out epoch kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from eliq_pipeline.critic.head.config import ScorerConfig
+from eliq_pipeline.critic.head.losses import total_ranking_loss
+from eliq_pipeline.critic.head.modules import ELIQScoringHead
+from eliq_pipeline.critic.head.ranking import TupleEmbeddings, evaluate_ranking, score_tuples
+
+_LOSS_TIE_DELTA = 1e-4
+
+
+@dataclass
+class TrainResult:
+    """The best-epoch model (eval mode) and what happened on the way there."""
+
+    model: ELIQScoringHead
+    config: ScorerConfig
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    heldout_accuracies: dict[str, float] = field(default_factory=dict)  # at best_epoch
+    steps: int = 0
+    stopped_early: bool = False
+
+    @property
+    def loss_history(self) -> list[float]:
+        return [row["train_loss"] for row in self.history]
+
+
+def train_scoring_head(
+    train: TupleEmbeddings,
+    heldout: TupleEmbeddings,
+    cfg: ScorerConfig,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train fusion + QQT with L_vis + L_ali (eq. 20) using AdamW.
+
+    After every epoch the held-out tuples are scored; the kept model is the epoch with the best
+    mean held-out ranking accuracy (ties broken by a held-out loss lower by more than 1e-4), and
+    training stops after `patience` epochs without improvement or after `max_steps` optimiser
+    steps. Deterministic for a given cfg.seed on a given machine; the caller's global torch RNG
+    state is left untouched.
+    """
+    for label, split in (("train", train), ("heldout", heldout)):
+        if len(split) == 0:
+            raise ValueError(f"{label} tuples are empty")
+        if split.hidden_size != cfg.hidden_size:
+            raise ValueError(
+                f"{label} embeddings have hidden size {split.hidden_size}, "
+                f"config expects {cfg.hidden_size}"
+            )
+    emit = log or (lambda _msg: None)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # init + dropout masks
+        model = ELIQScoringHead(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        order_rng = torch.Generator().manual_seed(cfg.seed)
+
+        result = TrainResult(model=model, config=cfg)
+        best_key: tuple[float, float] | None = None
+        best_state: dict[str, Tensor] = {}
+        epochs_since_best = 0
+        n = len(train)
+
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            permutation = torch.randperm(n, generator=order_rng)
+            seen, sums = 0, {"total": 0.0, "vis": 0.0, "ali": 0.0}
+            for start in range(0, n, cfg.batch_size):
+                if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+                    break
+                index = permutation[start : start + cfg.batch_size]
+                total, l_vis, l_ali = total_ranking_loss(
+                    score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
+                )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                result.steps += 1
+                k = int(index.shape[0])
+                seen += k
+                for key, value in (("total", total), ("vis", l_vis), ("ali", l_ali)):
+                    sums[key] += float(value.detach()) * k
+            if seen == 0:  # max_steps was reached exactly at the previous epoch's end
+                break
+
+            acc, heldout_loss = evaluate_ranking(model, heldout, cfg)
+            row = {
+                "epoch": float(epoch),
+                "steps": float(result.steps),
+                "train_loss": sums["total"] / seen,
+                "train_loss_vis": sums["vis"] / seen,
+                "train_loss_ali": sums["ali"] / seen,
+                "heldout_loss": heldout_loss,
+                **{f"heldout_{k}": v for k, v in acc.items()},
+            }
+            result.history.append(row)
+            emit(
+                f"epoch {epoch}: train loss {row['train_loss']:.4f}, held-out loss {heldout_loss:.4f}, "
+                f"acc vis/tec {acc['vis_vs_tec']:.3f} vis/aes {acc['vis_vs_aes']:.3f} "
+                f"ali {acc['ali']:.3f}"
+            )
+
+            # Improvement: higher mean accuracy, or equal accuracy and a held-out loss lower by
+            # more than a hair (so a loss creeping down by 1e-6 does not defeat patience).
+            improved = (
+                best_key is None
+                or acc["mean"] > best_key[0]
+                or (acc["mean"] == best_key[0] and heldout_loss < best_key[1] - _LOSS_TIE_DELTA)
+            )
+            if improved:
+                best_key = (acc["mean"], heldout_loss)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                result.best_epoch = epoch
+                result.heldout_accuracies = acc
+                epochs_since_best = 0
+            else:
+                epochs_since_best += 1
+                if cfg.patience is not None and epochs_since_best >= cfg.patience:
+                    result.stopped_early = True
+                    break
+            if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+                break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    emit(f"best epoch {result.best_epoch}: held-out accuracy {result.heldout_accuracies['mean']:.3f}")
+    return result

@@ -1,0 +1,143 @@
+"""Critic assets (paper 3.3): tuned_mllm, aspect_embeddings, qqt_model."""
+
+
+import json
+from functools import partial
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from eliq_pipeline import tiny
+from eliq_pipeline.core.atomic import staged_dir
+from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.embedding_cache import EmbeddingCache
+from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
+from eliq_pipeline.critic.head.checkpoints import save_scoring_head
+from eliq_pipeline.critic.head.training import train_scoring_head
+from eliq_pipeline.critic.instruction_tuning import (
+    adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
+)
+from eliq_pipeline.defs.common import GROUP_CRITIC, current_era, era_metadata, rows_to_table
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+from eliq_pipeline.evaluation.benchmark_inputs import benchmark_requests, image_loader
+from eliq_pipeline.supervision.image_cache import get_image
+
+# The cache namespace of an era's embeddings travels with its table (parquet schema metadata).
+NAMESPACE_KEY = b"eliq_embedding_namespace"
+
+
+def adapter_namespace(adapter_dir: Path) -> str:
+    """The adapter fingerprint as a path-safe embedding-cache namespace."""
+    return adapter_fingerprint(adapter_dir).split(":")[-1][:32]
+
+
+def embedding_namespace(aspect_embeddings: pa.Table) -> str:
+    return aspect_embeddings.schema.metadata[NAMESPACE_KEY].decode()
+
+
+def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path:
+    """Where an asset builds a model folder that the IO manager then publishes to the store."""
+    return Path(profile.home) / "work" / era / "outputs" / name
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-1", pool="gpu")
+def tuned_mllm(
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[Path]:
+    """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    rows = comparison_tuples.to_pylist()
+    load = partial(get_image, store)
+    aspects = set(settings.supervision_aspects)  # Table 5 ablations drop whole aspects
+
+    def examples(split: str):
+        tuples = critic_data.sft_tuples([r for r in rows if r["split"] == split], load)
+        return [e for e in pseudo_label_examples(tuples) if e.aspect in aspects]
+
+    train, heldout = examples("train"), examples("heldout")
+    config = settings.sft_config(seed=era.seed)
+    work_dir = Path(profile.home) / "work" / era.name / "sft"  # resumable checkpoints live here
+    base = tiny.resolve(settings.backbone, profile.models_dir)  # a tiny backbone is built once
+    result = tune_backbone(base, train, heldout, config, work_dir, device=profile.torch_device(),
+                           log=context.log.info)
+    out = save_tuned_backbone(result.model, result.processor, model_output_dir(profile, era.name, "tuned_mllm"),
+                              base_ref=settings.backbone)
+    return dg.Output(out, metadata=era_metadata(
+        era, eras, profile, adapter_hash=adapter_namespace(out),
+        base_backbone=settings.backbone, resumed_from_step=result.resumed_from_step,
+        train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
+        trainable_parameters=result.trainable_params,
+        heldout_label_accuracy=dg.MetadataValue.json(result.heldout_accuracy),
+        loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_curve]),
+        final_loss=float(result.loss_curve[-1]) if result.loss_curve else float("nan"),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-2", pool="gpu")
+def aspect_embeddings(
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, tuned_mllm: Path, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[pa.Table]:
+    """z_tec, z_aes, z_ali (3.3.2) for every tuple image and every benchmark image found, through a
+    cache keyed by (adapter hash, image sha256, aspect, prompt hash)."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    adapter_dir = tuned_mllm
+    namespace = adapter_namespace(adapter_dir)
+    cache = EmbeddingCache(store, namespace)
+    requests = critic_data.all_tuple_requests(comparison_tuples.to_pylist())
+    bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path, profile.benchmark_config())
+    requests += bench_requests
+    model_holder: dict = {}
+
+    def embed(images, aspects, prompts):
+        if not model_holder:  # load the backbone only when something is missing
+            model_holder["mp"] = load_tuned_backbone(adapter_dir, base_override=tiny.resolve(settings.backbone, profile.models_dir),
+                                                     device=profile.torch_device())
+        model, processor = model_holder["mp"]
+        return extract_aspect_embeddings(model, processor, images, aspects, prompts,
+                                         batch_size=settings.embed_batch_size, device=profile.torch_device())
+
+    computed, reused = cache.ensure(requests, image_loader(store, bench_paths), embed,
+                                    progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"))
+    index = [{"key": r.key(namespace), "image_sha256": r.image_sha256, "aspect": r.aspect,
+              "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
+    table = rows_to_table(index)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), NAMESPACE_KEY: namespace.encode()})
+    return dg.Output(table, metadata=era_metadata(
+        era, eras, profile, embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
+        benchmark_images=dg.MetadataValue.json(bench_counts),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="qqt-1")
+def qqt_model(
+    context: dg.AssetExecutionContext, comparison_tuples: pa.Table, aspect_embeddings: pa.Table,
+    eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[Path]:
+    """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5)."""
+    era = current_era(context, eras)
+    store, settings = artifacts.store(), profile.settings()
+    namespace = embedding_namespace(aspect_embeddings)
+    cache = EmbeddingCache(store, namespace)
+    rows = comparison_tuples.to_pylist()
+    train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"])
+    heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"])
+    config = settings.scorer_config(hidden_size=int(train.pos_tec.shape[1]), seed=era.seed)
+    result = train_scoring_head(train, heldout, config, log=context.log.info)
+    with staged_dir(model_output_dir(profile, era.name, "qqt_model")) as out:
+        save_scoring_head(result.model, config, out)
+        (out / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
+        (out / "training_report.json").write_text(json.dumps(
+            {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
+    return dg.Output(model_output_dir(profile, era.name, "qqt_model"), metadata=era_metadata(
+        era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
+        heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
+        heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+        loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_history]),
+    ))

@@ -1,0 +1,19 @@
+"""Asset checks on the critic (paper 3.3)."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from eliq_pipeline.defs.critic.assets import qqt_model
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+
+
+@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=qqt_model, description="The scorer ranks held-out positives above their negatives better than chance.")
+def qqt_beats_chance(qqt_model: Path) -> dg.AssetCheckResult:
+    report = json.loads((qqt_model / "training_report.json").read_text())
+    accuracy = report["heldout_accuracy"]
+    passed = bool(accuracy) and all(value > 0.5 for value in accuracy.values())
+    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"heldout_accuracy": dg.MetadataValue.json(accuracy)})

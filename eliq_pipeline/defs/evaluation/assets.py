@@ -1,0 +1,80 @@
+"""benchmark_scores: held-out tuple ranking always; on every benchmark present, ELIQ (label-free
+and weak-supervised) and classic label-free baselines (NIQE, PIQE), into the DuckDB warehouse."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from eliq_pipeline.core.images import sha256_file
+from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.embedding_cache import EmbeddingCache
+from eliq_pipeline.critic.head.checkpoints import load_scoring_head
+from eliq_pipeline.critic.head.ranking import ranking_accuracies
+from eliq_pipeline.defs.common import GROUP_EVALUATION, current_era, era_metadata, markdown_table
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
+from eliq_pipeline.defs.resources.io_manager import era_key
+from eliq_pipeline.evaluation.baselines import make_baseline
+from eliq_pipeline.evaluation.benchmark_inputs import load_present_benchmarks
+from eliq_pipeline.evaluation.evaluation import (
+    baseline_rows, benchmark_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of, niqe_model_for,
+    score_benchmark,
+)
+from eliq_pipeline.evaluation.plots import scatter_png
+from eliq_pipeline.supervision.image_cache import get_image, stable_hash
+from eliq_pipeline.supervision.preview import preview_markdown
+
+TABLE_COLUMNS = ("method", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-2")
+def benchmark_scores(
+    context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, qqt_model: Path,
+    eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Held-out tuple ranking accuracy, and on every benchmark found: label-free and weak-supervised
+    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1); rows go to the warehouse."""
+    era = current_era(context, eras)
+    store = artifacts.store()
+    head_dir = qqt_model
+    namespace = json.loads((head_dir / "embedding_namespace.json").read_text())["namespace"]
+    head, _ = load_scoring_head(head_dir)
+    cache = EmbeddingCache(store, namespace)
+    heldout = [r for r in comparison_tuples.to_pylist() if r["split"] == "heldout"]
+    accuracies = ranking_accuracies(head, critic_data.tuple_embeddings(cache, heldout))
+    rows = heldout_rows(accuracies, len(heldout))
+    present, skipped = load_present_benchmarks(profile.datasets_path, profile.benchmark_config())
+    scatter = {}
+    if present:
+        positives = positive_images.to_pylist()
+        niqe_model = niqe_model_for([get_image(store, r["image_sha256"]) for r in positives], profile.niqe_params or None)
+        baselines = {"niqe": (stable_hash(niqe_model.mu.tolist(), niqe_model.cov.tolist(), length=12),
+                              make_baseline("niqe", model=niqe_model)),
+                     "piqe": ("v1", make_baseline("piqe"))}
+    for benchmark in present:
+        shas = [sha256_file(item.image_path) for item in benchmark.items]
+        s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)
+        rows += benchmark_rows(benchmark, s_vis, s_ali)
+        for name, (model_key, scorer) in baselines.items():
+            rows += baseline_rows(benchmark, name, cached_baseline_scores(store, name, model_key, benchmark, shas, scorer))
+        png = scatter_png(s_vis, benchmark.mos_quality(), title=f"{era.name}: ELIQ s_vis vs MOS on {benchmark.name}",
+                          xlabel="s_vis (label-free)", ylabel="quality MOS")
+        store.put_bytes(era_key(era.name, f"scatter-{benchmark.name}.png"), png)
+        scatter[benchmark.name] = png
+        context.log.info(f"{benchmark.name}: scored {len(benchmark)} images")
+    bundle = bundle_hash(namespace.encode(), (head_dir / "model.safetensors").read_bytes())
+    warehouse.replace_scores(era.name, bundle, rows)
+    for row in rows:
+        row["method"] = method_of(row["protocol"])
+    metadata = era_metadata(
+        era, eras, profile, bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
+        skipped_benchmarks=dg.MetadataValue.json({name: reason for name, reason in skipped}),
+        heldout_accuracy=dg.MetadataValue.json(accuracies),
+        scores=dg.MetadataValue.md(markdown_table(rows, TABLE_COLUMNS)),
+    )
+    for name, png in scatter.items():
+        metadata[f"scatter_{name}"] = dg.MetadataValue.md(preview_markdown(png, f"ELIQ s_vis vs quality MOS, {name}"))
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,215 @@
+"""Supervision assets (paper 3.2): prompts, positive_images, negative_images, comparison_tuples."""
+
+import json
+
+import dagster as dg
+import pyarrow as pa
+
+from eliq_pipeline import tiny
+from eliq_pipeline.core.eras import OFFLINE_EDITOR, Era, EraRegistry
+from eliq_pipeline.defs.common import GROUP_SUPERVISION, current_era, era_metadata, rows_to_table
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+from eliq_pipeline.defs.resources.io_manager import era_key
+from eliq_pipeline.supervision.backends import GENERATOR_BACKENDS, can_sample
+from eliq_pipeline.supervision.editors import load_editor
+from eliq_pipeline.supervision.generation import (
+    GenerationRequest, ai_specific_requests, generate_ai_specific, generate_images, generation_params, variants_for,
+)
+from eliq_pipeline.supervision.generators import GeneratorSpec
+from eliq_pipeline.supervision.negatives import build_negatives, low_quality_skips, sampler_skips
+from eliq_pipeline.supervision.preview import preview_markdown, preview_png
+from eliq_pipeline.supervision.prompt_refine import refine_labels
+from eliq_pipeline.supervision.prompts import (
+    Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file,
+)
+from eliq_pipeline.supervision.tuples import build_tuples, count_by
+
+def prompt_list(table: pa.Table) -> list[Prompt]:
+    """The `prompts` asset's table as Prompt objects."""
+    return [Prompt(prompt_id=r["prompt_id"], text=r["text"], category=r["category"],
+                   sub_concept=r["sub_concept"], labels=list(r["labels"]), subject=r.get("subject") or "")
+            for r in table.to_pylist()]
+
+
+def _defaults(profile: ModelProfileResource) -> dict:
+    settings = profile.settings()
+    return {"steps": settings.generation_steps, "height": settings.image_height, "width": settings.image_width}
+
+
+def _spec(registry: EraRegistry, profile: ModelProfileResource, gid: str) -> GeneratorSpec:
+    entry = registry.generators[gid]
+    model = tiny.resolve(entry.model_for(profile.profile), profile.models_dir,
+                         init_seed=int(entry.params.get("init_seed", 0)))
+    return GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
+
+
+def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, loaded: dict | None = None):
+    def load(gid: str):
+        backend = GENERATOR_BACKENDS.get(registry.generators[gid].backend)(_spec(registry, profile, gid),
+                                                                            device=profile.torch_device())
+        if loaded is not None:
+            loaded[gid] = backend
+        return backend
+
+    return load
+
+
+def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource) -> list:
+    """(method, id, editor): the deterministic offline editor always, plus the era's editing
+    pipeline (Qwen-Image-Edit in production, a toy img2img pipeline in tiny) when it names one."""
+    editors = [("offline_edit", OFFLINE_EDITOR, load_editor("offline"))]
+    editor_id = era.editor_for(profile.profile)
+    if editor_id != OFFLINE_EDITOR:
+        spec = _spec(registry, profile, editor_id)
+        editors.append(("model_edit", editor_id, load_editor("diffusers", spec, device=profile.torch_device())))
+    return editors
+
+
+def _without_sampler(registry: EraRegistry, generator_ids) -> dict[str, str]:
+    """Generator id -> why it cannot render AI-specific negatives, for those whose backend has no
+    sampler (the `import` backend: fixed images, no prompt can be re-rendered or decoded early)."""
+    out = {}
+    for gid in generator_ids:
+        backend = registry.generators[gid].backend
+        if not can_sample(backend):
+            out[gid] = f"generator {gid!r} ({backend} backend) has no sampler"
+    return out
+
+
+def _import_reports(loaded: dict) -> dict:
+    return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if hasattr(backend, "report")}
+
+
+def _progress(context: dg.AssetExecutionContext, what: str):
+    return lambda done, total: context.log.info(f"{what}: {done}/{total} images")
+
+
+def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profile: ModelProfileResource):
+    defaults = _defaults(profile)
+    return [
+        GenerationRequest(gid, prompt, generation_params(registry.generators[gid].params, defaults, prompt))
+        for gid in generator_ids
+        for prompt in prompts
+    ]
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-3")
+def prompts(
+    context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+) -> dg.Output[pa.Table]:
+    """The prompt bank of the paper's seven-category taxonomy (3.2.1), with multi-label categories."""
+    era = current_era(context, eras)
+    settings = profile.settings()
+    if profile.prompts_file:  # a user's own prompts replace the generated bank
+        bank = load_prompt_file(profile.prompts_file)
+    else:
+        bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
+    client = profile.chat_client()  # optional LLM refinement of uncertain labels (off by default)
+    refinement = {"enabled": False}
+    if client is not None:
+        bank, report = refine_labels(bank, client)
+        refinement = report.as_metadata()
+    rows = [{"prompt_id": p.prompt_id, "text": p.text, "category": p.category,
+             "sub_concept": p.sub_concept, "labels": list(p.labels), "subject": p.subject,
+             # alignment variants (3.2.3) and degraded-appearance / low-fidelity variants
+             "variants": json.dumps({k: v.text for k, v in variants_for(p).items()}),
+             "degraded_prompt": degraded_prompt(p.text), "appearance_prompt": aesthetic_degraded_prompt(p.text)}
+            for p in bank]
+    coverage = count_by(rows, "category")
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
+                                                      source=profile.prompts_file or "generated bank",
+                                                      variant_kinds=dg.MetadataValue.json(count_by(
+                                                          [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
+                                                      category_coverage=dg.MetadataValue.json(coverage),
+                                                      label_refinement=dg.MetadataValue.json(refinement),
+                                                      examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2", pool="gpu")
+def positive_images(
+    context: dg.AssetExecutionContext, prompts: pa.Table, eras: EraRegistryResource, profile: ModelProfileResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.Output[pa.Table]:
+    """One image per (prompt, positive generator) of the era (3.2.2); a generator shared with an
+    earlier era reuses its cached images."""
+    era: Era = current_era(context, eras)
+    registry, store = eras.load(), artifacts.store()
+    requests = _requests(registry, era.positive_generators, prompt_list(prompts), profile)
+    loaded, skipped = {}, []
+    rows, generated, reused = generate_images(store, requests, _generator_loader(registry, profile, loaded),
+                                                  profile.settings().generation_batch_size, _progress(context, "positives"),
+                                                  skipped=skipped)
+    for skip in skipped:
+        context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+        era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
+        images_skipped=len(skipped), per_generator=dg.MetadataValue.json(count_by(rows, "generator")),
+        import_reports=dg.MetadataValue.json(_import_reports(loaded)),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-5", pool="gpu")
+def negative_images(
+    context: dg.AssetExecutionContext, prompts: pa.Table, positive_images: pa.Table, eras: EraRegistryResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+) -> dg.Output[pa.Table]:
+    """Aspect-specific negatives per positive (3.2.3), conventional and AI-specific: repeated JPEG,
+    Gaussian noise, degraded prompts, premature decoding (tec); the editor, low-quality generators,
+    appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali).
+    The renders that need the positive's own sampler (degraded, appearance and variant prompts,
+    premature decoding) are made for generators that have one; for imported positives they are
+    skipped, with count and reason per family/method in `skipped_negatives`."""
+    era = current_era(context, eras)
+    registry, store, settings = eras.load(), artifacts.store(), profile.settings()
+    bank, positives = prompt_list(prompts), positive_images.to_pylist()
+    load, batch = _generator_loader(registry, profile), settings.generation_batch_size
+    low_skipped: list[dict] = []
+    low, low_generated, low_reused = generate_images(
+        store, _requests(registry, era.low_quality_generators, bank, profile), load, batch,
+        _progress(context, "low-quality"), skipped=low_skipped)
+    # AI-specific renders need the positive's own sampler: planned only for generators that have
+    # one; for the others (imported images) they are skipped and reported, the rest is built.
+    no_sampler = _without_sampler(registry, era.positive_generators)
+    samplers = [gid for gid in era.positive_generators if gid not in no_sampler]
+    planned = ai_specific_requests(_requests(registry, samplers, bank, profile), settings.premature_fraction)
+    ai_rows, ai_generated, ai_reused = generate_ai_specific(store, planned, load, batch,
+                                                                _progress(context, "AI-specific"))
+    skipped_negatives = {**sampler_skips(positives, no_sampler), **low_quality_skips(positives, low_skipped)}
+    for key, skip in skipped_negatives.items():
+        context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
+    rows, created, reused = build_negatives(store, positives, bank, low, era.seed, ai_generated=ai_rows,
+                                                editors=_editors(registry, era, profile))
+    preview = preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
+    store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+        era, eras, profile, num_negatives=len(rows),
+        images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
+        degradations_created=created, degradations_reused=reused,
+        counts_by_family_aspect=dg.MetadataValue.json(count_by(rows, "family", "aspect")),
+        counts_by_family_aspect_method=dg.MetadataValue.json(count_by(rows, "family", "aspect", "method")),
+        # family/method -> count, reason (and count per generator) of negatives that could not be made
+        skipped_negatives=dg.MetadataValue.json(skipped_negatives),
+        preview=dg.MetadataValue.md(preview_markdown(preview, positives[0]["prompt"])),
+        preview_path=store.describe(era_key(era.name, "negative_preview.png")),
+    ))
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-2")
+def comparison_tuples(
+    context: dg.AssetExecutionContext, positive_images: pa.Table, negative_images: pa.Table,
+    eras: EraRegistryResource, profile: ModelProfileResource,
+) -> dg.Output[pa.Table]:
+    """(I+, I-tec, I-aes, p, p-ali) tuples with a prompt-disjoint train / held-out split."""
+    era = current_era(context, eras)
+    settings = profile.settings()
+    rows = build_tuples(positive_images.to_pylist(), negative_images.to_pylist(), settings.heldout_fraction, era.seed, settings.tuples_per_positive,
+                            families=settings.negative_families, exclude_methods=settings.tuple_exclude_methods)
+    for row in rows:
+        row["era"] = era.name
+    split = count_by(rows, "split")
+    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+        era, eras, profile, num_tuples=len(rows), split=dg.MetadataValue.json(split),
+        methods=dg.MetadataValue.json({
+            aspect: count_by(rows, f"{aspect}_family", f"{aspect}_method") for aspect in ("tec", "aes", "ali")}),
+    ))

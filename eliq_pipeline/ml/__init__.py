@@ -1,1 +1,0 @@
-"""Pure Python + torch implementation of ELIQ. Nothing in this package imports Dagster."""

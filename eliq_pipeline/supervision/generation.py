@@ -1,0 +1,205 @@
+"""Positives and AI-specific negatives rendered by a generator (paper 3.2.2-3.2.3), through the
+image cache: one image per request, reused when the generator, prompt and parameters repeat."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from eliq_pipeline.supervision.image_cache import Store, cached_entry, put_image, stable_hash, stable_seed
+from eliq_pipeline.supervision.prompts import Prompt, aesthetic_degraded_prompt, degraded_prompt, prompt_variants
+
+# Bump when the way pixels are produced changes: old cache entries then no longer match.
+GENERATION_CODE_VERSION = "gen-1"
+
+
+class Generator(Protocol):
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]: ...
+    def model_revision(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    generator_id: str
+    prompt: Prompt
+    params: dict[str, Any]  # steps, guidance, height, width, seed (+ anything backend-specific)
+    prompt_text: str | None = None  # defaults to prompt.text (degraded-prompt variants override it)
+    stop_step: int | None = None  # decode the latents after this many steps (premature decoding)
+
+    @property
+    def text(self) -> str:
+        return self.prompt_text or self.prompt.text
+
+
+def generate_images(
+    store: Store,
+    requests: Sequence[GenerationRequest],
+    load_generator: Callable[[str], Generator],
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Generate (or reuse) one image per request. Returns manifest rows, generated count, reused count.
+
+    Cache entries are written right after each batch, so a crash loses at most one batch. A
+    backend that cannot serve a prompt (an `import` manifest without a usable image for it) is
+    skipped, not fatal: the request is appended to `skipped` with the reason.
+    """
+    rows, generated = _generate_aligned(store, requests, load_generator, batch_size, progress, skipped)
+    done_rows = [row for row in rows if row is not None]
+    return done_rows, generated, len(done_rows) - generated
+
+
+def _generate_aligned(
+    store: Store,
+    requests: Sequence[GenerationRequest],
+    load_generator: Callable[[str], Generator],
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any] | None], int]:
+    """`generate_images`, with one entry per request (None where the request was skipped)."""
+    rows: list[dict[str, Any] | None] = [None] * len(requests)
+    pending: dict[str, list[int]] = {}
+    revisions: dict[str, str] = {}
+    generators: dict[str, Generator] = {}
+    keys: list[str] = []
+
+    def generator(gid: str) -> Generator:
+        if gid not in generators:
+            generators[gid] = load_generator(gid)
+            revisions[gid] = generators[gid].model_revision()
+        return generators[gid]
+
+    for index, request in enumerate(requests):
+        backend = generator(request.generator_id)
+        if hasattr(backend, "has_image") and not backend.has_image(request.text):
+            if skipped is not None:
+                reason = backend.skip_reason(request.text) if hasattr(backend, "skip_reason") else None
+                skipped.append({"generator": request.generator_id, "prompt": request.text,
+                                "reason": reason or "not in the import manifest"})
+            keys.append("")
+            continue
+        parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]
+        if request.stop_step is not None:
+            parts.append({"stop_step": request.stop_step})
+        key = "cache/generations/" + stable_hash(*parts, GENERATION_CODE_VERSION) + ".json"
+        keys.append(key)
+        entry = cached_entry(store, key)
+        if entry is not None:
+            rows[index] = _generation_row(request, revisions, entry["image_sha256"], key, reused=True)
+        else:
+            pending.setdefault((request.generator_id, request.stop_step), []).append(index)
+
+    generated = 0
+    done = len(requests) - sum(len(v) for v in pending.values())
+    for (gid, stop_step), indices in pending.items():
+        for start in range(0, len(indices), max(1, batch_size)):
+            chunk = indices[start : start + max(1, batch_size)]
+            texts = [requests[i].text for i in chunk]
+            seeds = [int(requests[i].params["seed"]) for i in chunk]
+            extra = {} if stop_step is None else {"stop_step": stop_step}
+            images = generator(gid).generate(texts, seeds, **extra)
+            for i, image in zip(chunk, images):
+                sha = put_image(store, image)
+                store.put_bytes(keys[i], json.dumps({"image_sha256": sha, "generator": gid}).encode())
+                rows[i] = _generation_row(requests[i], revisions, sha, keys[i], reused=False)
+                generated += 1
+            done += len(chunk)
+            if progress:
+                progress(done, len(requests))
+    return rows, generated
+
+
+def _generation_row(
+    request: GenerationRequest, revisions: dict[str, str], sha: str, key: str, reused: bool
+) -> dict[str, Any]:
+    params = request.params
+    return {
+        "prompt_id": request.prompt.prompt_id,
+        "prompt": request.prompt.text,
+        "prompt_used": request.text,
+        "stop_step": request.stop_step,
+        "category": request.prompt.category,
+        "generator": request.generator_id,
+        "model_revision": revisions[request.generator_id],
+        "seed": int(params["seed"]),
+        "steps": int(params.get("steps", 0)),
+        "guidance": float(params.get("guidance", 0.0)),
+        "height": int(params.get("height", 0)),
+        "width": int(params.get("width", 0)),
+        "image_sha256": sha,
+        "cache_key": key,
+        "reused": reused,
+    }
+
+
+# AI-specific negatives rendered by the positive's own generator (paper 3.2.3), as
+# method -> aspect. Same generator and seed as the positive: only the prompt or the schedule differs.
+AI_SPECIFIC_METHODS = {
+    "degraded_prompt": "tec",     # explicitly degraded prompt -> low-fidelity structures
+    "premature_decode": "tec",    # intermediate latents decoded early
+    "appearance_prompt": "aes",   # prompt modified towards poor composition / colour
+    "variant_prompt": "ali",      # a prompt variant rendered, paired with the original prompt
+}
+def variants_for(prompt: Prompt) -> dict[str, Prompt]:
+    """The alignment variants of a prompt (object / attribute / count / relation), deterministic."""
+    return prompt_variants(prompt, np.random.default_rng(stable_seed(prompt.prompt_id, "variants")))
+
+
+def ai_specific_requests(
+    positive_requests: Sequence[GenerationRequest], premature_fraction: float = 0.34
+) -> list[tuple[GenerationRequest, str, dict[str, Any]]]:
+    """For every positive request: (request, method, params) of each AI-specific negative."""
+    out: list[tuple[GenerationRequest, str, dict[str, Any]]] = []
+    for request in positive_requests:
+        rng = np.random.default_rng(stable_seed(request.prompt.prompt_id, request.generator_id, "ai_specific"))
+        text = request.prompt.text
+        steps = int(request.params.get("steps") or 1)
+        variants = variants_for(request.prompt)
+        kind = sorted(variants)[int(rng.integers(len(variants)))]
+        variant = variants[kind]
+        out += [
+            (replace(request, prompt_text=degraded_prompt(text, rng)), "degraded_prompt", {}),
+            (replace(request, stop_step=max(1, round(steps * premature_fraction))), "premature_decode",
+             {"stop_step": max(1, round(steps * premature_fraction)), "steps": steps}),
+            (replace(request, prompt_text=aesthetic_degraded_prompt(text, rng)), "appearance_prompt", {}),
+            (replace(request, prompt_text=variant.text), "variant_prompt",
+             {"variant_prompt_id": variant.prompt_id, "variant_kind": kind}),
+        ]
+    return out
+
+
+def generate_ai_specific(
+    store: Store,
+    planned: Sequence[tuple[GenerationRequest, str, dict[str, Any]]],
+    load_generator: Callable[[str], Generator],
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Render the planned AI-specific negatives (see `ai_specific_requests`); each row carries its
+    `method` and `method_params`. A skipped request drops only its own row (rows stay matched to
+    their methods). Returns rows, generated count, reused count."""
+    aligned, generated = _generate_aligned(store, [r for r, _, _ in planned], load_generator, batch_size,
+                                           progress, skipped)
+    rows = []
+    for row, (_, method, params) in zip(aligned, planned):
+        if row is not None:
+            rows.append({**row, "method": method, "method_params": json.dumps(params)})
+    return rows, generated, len(rows) - generated
+
+
+GENERATION_PARAM_KEYS = ("steps", "guidance", "height", "width", "seed")
+
+
+def generation_params(entry_params: dict[str, Any], defaults: dict[str, Any], prompt: Prompt) -> dict[str, Any]:
+    """Profile defaults, overridden by the generator's params; the seed is per prompt (not per era)
+    so that a generator shared by two eras produces the very same image for the same prompt."""
+    params = {**defaults, **{k: v for k, v in entry_params.items() if k in GENERATION_PARAM_KEYS}}
+    params["seed"] = stable_seed(prompt.text, int(params.get("seed", 0))) % (2**31)
+    return params

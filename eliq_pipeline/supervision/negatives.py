@@ -1,0 +1,169 @@
+"""Aspect-specific negatives of each positive (paper 3.2.3): conventional degradations and edits,
+low-quality generators, AI-specific renders and shuffled prompts, and what could not be made."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from eliq_pipeline.supervision.degradations import DEGRADATIONS
+from eliq_pipeline.supervision.generation import AI_SPECIFIC_METHODS
+from eliq_pipeline.supervision.image_cache import Store, cached_entry, get_image, put_image, stable_hash, stable_seed
+from eliq_pipeline.supervision.prompts import Prompt, mismatched_prompt
+
+if TYPE_CHECKING:  # editors pull in torch; negatives themselves do not need it
+    from eliq_pipeline.supervision.editors import Editor
+
+# Bump when the way pixels are produced changes: old cache entries then no longer match.
+DEGRADATION_CODE_VERSION = "deg-1"
+TECHNICAL_METHODS = ("jpeg_recompress", "gaussian_noise")
+AESTHETIC_EDIT_METHOD = "offline_aesthetic_edit"
+
+
+def degrade(store: Store, positive_sha: str, method: str) -> tuple[dict[str, Any], bool]:
+    """Apply a registered degradation to a stored positive; deterministic per (positive, method)."""
+    key = "cache/degradations/" + stable_hash(positive_sha, method, DEGRADATION_CODE_VERSION) + ".json"
+    entry = cached_entry(store, key)
+    if entry is not None:
+        return entry, True
+    rng = np.random.default_rng(stable_seed(positive_sha, method))
+    image, params = DEGRADATIONS.get(method)(get_image(store, positive_sha), rng)
+    sha = put_image(store, image)
+    entry = {"image_sha256": sha, "params": params}
+    store.put_bytes(key, json.dumps(entry, sort_keys=True, default=float).encode())
+    return entry, False
+
+
+def sampler_skips(positives: Sequence[dict[str, Any]], no_sampler: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The AI-specific negatives that cannot be made because the positive's generator has no
+    sampler (`no_sampler`: generator id -> reason), as 'ai_specific/<method>' -> count, reason and
+    count per generator: one per method for every positive of such a generator."""
+    per_generator: dict[str, int] = {}
+    for positive in positives:
+        if positive["generator"] in no_sampler:
+            per_generator[positive["generator"]] = per_generator.get(positive["generator"], 0) + 1
+    if not per_generator:
+        return {}
+    reason = "; ".join(no_sampler[gid] for gid in sorted(per_generator))
+    return {f"ai_specific/{method}": {"count": sum(per_generator.values()), "reason": reason,
+                                      "per_generator": dict(sorted(per_generator.items()))}
+            for method in AI_SPECIFIC_METHODS}
+
+
+def low_quality_skips(positives: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Low-quality-generator negatives missing for a positive because that generator (an `import`
+    source) had no usable image for the prompt, as 'ai_specific/low_quality_generator' -> count,
+    reason and count per generator. Prompts without a positive are not counted: no negative was due."""
+    positives_of: dict[str, int] = {}  # prompt -> positives that would have had the negative
+    for positive in positives:
+        key = _normalise_text(positive["prompt"])
+        positives_of[key] = positives_of.get(key, 0) + 1
+    per_generator: dict[str, int] = {}
+    for skip in skipped:
+        count = positives_of.get(_normalise_text(skip["prompt"]), 0)
+        if count:
+            per_generator[skip["generator"]] = per_generator.get(skip["generator"], 0) + count
+    if not per_generator:
+        return {}
+    reason = "; ".join(f"low-quality generator {gid!r} (import backend) has no usable image for the prompt"
+                       for gid in sorted(per_generator))
+    return {"ai_specific/low_quality_generator": {"count": sum(per_generator.values()), "reason": reason,
+                                                  "per_generator": dict(sorted(per_generator.items()))}}
+
+
+def _normalise_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: str, params: dict[str, Any],
+                  image_sha: str | None, prompt_id: str | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """One negative. Alignment negatives are an (image, prompt) pair: image None means I+ itself."""
+    return {"positive_sha256": positive["image_sha256"], "prompt_id": positive["prompt_id"],
+            "generator": positive["generator"], "aspect": aspect, "family": family, "method": method,
+            "params": json.dumps(params, sort_keys=True, default=float), "image_sha256": image_sha,
+            "mismatched_prompt_id": prompt_id, "mismatched_prompt": prompt}
+
+
+EDIT_CODE_VERSION = "edit-1"
+
+
+def edit_negative(store: Store, positive_sha: str, editor: Editor, editor_id: str) -> tuple[dict[str, Any], bool]:
+    """Conventional aesthetic negative: an instruction edit degrading composition or colour while
+    keeping the content; the instruction and seed are a function of the positive (cached)."""
+    from eliq_pipeline.supervision.editors import choose_instruction
+
+    key = "cache/edits/" + stable_hash(positive_sha, editor_id, editor.model_revision(), EDIT_CODE_VERSION) + ".json"
+    entry = cached_entry(store, key)
+    if entry is not None:
+        return entry, True
+    seed = stable_seed(positive_sha, "edit") % (2**31)
+    instruction = choose_instruction(seed, getattr(editor, "instructions", None))
+    image, params = editor.edit(get_image(store, positive_sha), instruction, seed)
+    entry = {"image_sha256": put_image(store, image), "params": {"editor": editor_id, **params}}
+    store.put_bytes(key, json.dumps(entry, sort_keys=True, default=float).encode())
+    return entry, False
+
+
+def build_negatives(
+    store: Store,
+    positives: Sequence[dict[str, Any]],
+    prompts: Sequence[Prompt],
+    low_quality: Sequence[dict[str, Any]],
+    seed: int,
+    ai_generated: Sequence[dict[str, Any]] = (),
+    technical_methods: Iterable[str] = TECHNICAL_METHODS,
+    aesthetic_methods: Iterable[str] = (AESTHETIC_EDIT_METHOD,),
+    editors: Sequence[tuple[str, str, Editor]] = (),
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Negatives per positive, tagged aspect x family x method x params:
+    conventional technical (repeated JPEG, Gaussian noise), conventional aesthetic (the editor),
+    conventional alignment (a shuffled prompt, preferring another category); AI-specific:
+    the era's low-quality generators (aes) and the rows of `ai_generated` (see AI_SPECIFIC_METHODS).
+    With `editors` (method, id, editor), the conventional aesthetic negatives are their instruction
+    edits instead of `aesthetic_methods`.
+    Returns rows, created count, reused count (degradations; generated images are counted upstream)."""
+    if editors:
+        aesthetic_methods = ()
+    by_id = {p.prompt_id: i for i, p in enumerate(prompts)}
+    low_by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in low_quality:
+        low_by_prompt.setdefault(row["prompt_id"], []).append(row)
+    ai_by_positive: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in ai_generated:
+        ai_by_positive.setdefault((row["prompt_id"], row["generator"]), []).append(row)
+    rows: list[dict[str, Any]] = []
+    created = reused = 0
+    for positive in positives:
+        for method in [*technical_methods, *aesthetic_methods]:
+            entry, was_cached = degrade(store, positive["image_sha256"], method)
+            reused += was_cached
+            created += not was_cached
+            meta = DEGRADATIONS.meta(method)
+            rows.append(_negative_row(positive, meta["aspect"], meta["family"], method, entry["params"], entry["image_sha256"]))
+        for method, editor_id, editor in editors:
+            entry, was_cached = edit_negative(store, positive["image_sha256"], editor, editor_id)
+            reused += was_cached
+            created += not was_cached
+            rows.append(_negative_row(positive, "aes", "conventional", method, entry["params"], entry["image_sha256"]))
+        for low in low_by_prompt.get(positive["prompt_id"], []):
+            rows.append(_negative_row(positive, "aes", "ai_specific", "low_quality_generator",
+                                      {"generator": low["generator"], "seed": low["seed"], "steps": low["steps"]},
+                                      low["image_sha256"]))
+        for generated in ai_by_positive.get((positive["prompt_id"], positive["generator"]), []):
+            method = generated["method"]
+            params = {"prompt_used": generated["prompt_used"], **json.loads(generated.get("method_params") or "{}")}
+            if AI_SPECIFIC_METHODS[method] == "ali":  # (I', p): the variant's image with the original prompt
+                rows.append(_negative_row(positive, "ali", "ai_specific", method, params, generated["image_sha256"],
+                                          positive["prompt_id"], positive["prompt"]))
+            else:
+                rows.append(_negative_row(positive, AI_SPECIFIC_METHODS[method], "ai_specific", method, params,
+                                          generated["image_sha256"]))
+        rng = np.random.default_rng(stable_seed(seed, positive["image_sha256"], "shuffle"))
+        other = mismatched_prompt(list(prompts), by_id[positive["prompt_id"]], rng)
+        rows.append(_negative_row(positive, "ali", "conventional", "shuffled_prompt", {"seed": seed}, None,
+                                  other.prompt_id, other.text))
+    for row in rows:
+        row["negative_id"] = stable_hash(row["positive_sha256"], row["method"], row["image_sha256"], row["mismatched_prompt_id"], length=16)
+    return rows, created, reused

@@ -1,0 +1,50 @@
+"""One resolver for every toy model: `tiny.resolve("tiny:<arch>", models_dir, init_seed)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eliq_pipeline import tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _built_once(folder: Path, marker: str, resolve) -> None:
+    stamp = (folder / marker).stat().st_mtime_ns
+    assert resolve() == str(folder)
+    assert (folder / marker).stat().st_mtime_ns == stamp
+
+
+def test_other_references_are_returned_unchanged(tmp_path: Path) -> None:
+    assert tiny.resolve("org/some-model", tmp_path) == "org/some-model"
+    assert tiny.resolve("/some/local/editor", tmp_path, init_seed=2) == "/some/local/editor"
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_text_to_image_pipeline_is_built_once_under_generators(tmp_path: Path) -> None:
+    folder = Path(tiny.resolve("tiny:sd", tmp_path, init_seed=3))
+    assert folder == tmp_path / "generators" / "sd-seed3" and (folder / "model_index.json").is_file()
+    _built_once(folder, "model_index.json", lambda: tiny.resolve("tiny:sd", tmp_path, init_seed=3))
+
+
+def test_the_editor_is_built_once_under_generators(tmp_path: Path) -> None:
+    folder = Path(tiny.resolve(tiny.TINY_PREFIX + tiny.EDITOR_ARCH, tmp_path))
+    assert folder == tmp_path / "generators" / "sd-img2img-seed0"
+    assert json.loads((folder / "tiny_pipeline.json").read_text()) == {"arch": "sd-img2img", "seed": 0}
+    _built_once(folder, "model_index.json", lambda: tiny.resolve("tiny:sd-img2img", tmp_path))
+
+
+def test_the_backbone_is_built_once_with_a_completion_marker(tmp_path: Path) -> None:
+    folder = Path(tiny.resolve("tiny:qwen3-vl", tmp_path))
+    assert folder == tmp_path / "tiny-qwen3-vl-0"  # where `eliq export` tells tiny users to point --base
+    assert (folder / "_COMPLETE").is_file() and (folder / "model.safetensors").is_file()
+    _built_once(folder, "_COMPLETE", lambda: tiny.resolve("tiny:qwen3-vl", tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-qwen3-vl-0"]  # no staging left behind
+
+
+def test_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown tiny architecture 'tiny:dalle'"):
+        tiny.resolve("tiny:dalle", tmp_path)
