@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eliq_pipeline.core.eras import ErasFileError, append_era, default_eras_path, load_eras
+from eliq_pipeline.core.eras import ErasFileError, append_era, load_eras
 from eliq_pipeline.defs.resources.warehouse import SCORES_COLUMNS
 from eliq_pipeline.score_cli import register as register_scoring
 
+
+def default_eras_path() -> Path:
+    """The era registry file: $ELIQ_ERAS, else eras.yaml in the working directory."""
+    return Path(os.environ.get("ELIQ_ERAS", "eras.yaml"))
 
 
 def _eras_list(args: argparse.Namespace) -> int:
@@ -42,7 +46,8 @@ def _partition_status() -> dict[str, str] | None:
 def _eras_add(args: argparse.Namespace) -> int:
     positives = [g.strip() for g in args.positive_generators.split(",") if g.strip()] if args.positive_generators else None
     era = append_era(args.eras, args.name, like=args.like, positive_generators=positives,
-                     profile=os.environ.get("ELIQ_PROFILE", "tiny"))
+                     profile=os.environ.get("ELIQ_PROFILE", "tiny"),
+                     s3_endpoint=os.environ.get("ELIQ_S3_ENDPOINT") or None)
     print(f"added era {era.name} to {args.eras}: positives {', '.join(era.positive_generators)}, "
           f"low-quality {', '.join(era.low_quality_generators) or '-'}, seed {era.seed}")
     return 0
@@ -60,7 +65,7 @@ def _materialize(args: argparse.Namespace) -> int:
 
     if args.eras:
         os.environ["ELIQ_ERAS"] = str(args.eras)
-    load_eras(args.eras)  # validate before starting the instance
+    load_eras(args.eras or default_eras_path())  # validate before starting the instance
     # SIGTERM stops like Ctrl-C: Dagster turns either into a failed run while one is executing,
     # and between runs it is a KeyboardInterrupt.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

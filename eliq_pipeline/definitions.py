@@ -90,7 +90,8 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
             **llm_refiner_from_env(env, process_env),
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve()),
-                                    profile=env.get("ELIQ_PROFILE", "tiny")),
+                                    profile=env.get("ELIQ_PROFILE", "tiny"),
+                                    s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", "")),
     }
 
 

@@ -114,7 +114,7 @@ def materialize_eras(
     names = list(era_names) if era_names else registry.names()
     for name in names:
         registry.era(name)
-    check_runnable(registry, resources["profile"].profile, names)  # models and import sources, before any work
+    check_runnable(registry, resources["profile"].profile, names, resources["artifacts"].s3_endpoint_url or None)  # models and import sources, before any work
     instance = instance or dg.DagsterInstance.get()
     with home_lock(eliq_home(env), wait=wait, log=log):
         reap_dead_runs(instance, log)

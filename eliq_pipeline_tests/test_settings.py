@@ -107,3 +107,21 @@ def test_the_api_key_reaches_the_endpoint_and_nothing_else(tmp_path: Path, monke
     assert any(b"tiny-llm" in p.read_bytes() for p in files)
     leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_a_changed_prompt_file_makes_prompts_stale(tmp_path: Path) -> None:
+    prompt_file = tmp_path / "prompts.csv"
+    prompt_file.write_text("prompt\na red bicycle leaning on a wall\na bowl of ramen on a table\n", encoding="utf-8")
+    env = pipeline_env(tmp_path / "home", write_eras(tmp_path / "eras.yaml"), ELIQ_PROMPTS_FILE=str(prompt_file))
+    with dg.instance_for_test() as instance:
+        _materialize_prompts(instance, env)
+        assert _stale(instance, env).asset == "positive_images"  # prompts is up to date
+        prompt_file.write_text(prompt_file.read_text() + "two cats on a sofa\n", encoding="utf-8")
+        stale = _stale(instance, env)
+        assert stale.asset == "prompts" and "other profile settings" in stale.reason
+    niqe = tmp_path / "niqe.json"
+    niqe.write_text("{}")
+    fingerprints = {resources_from_env({"ELIQ_NIQE_PARAMS": str(niqe)})["profile"].fingerprint()}
+    niqe.write_text('{"mu": [1]}')
+    fingerprints.add(resources_from_env({"ELIQ_NIQE_PARAMS": str(niqe)})["profile"].fingerprint())
+    assert len(fingerprints) == 2 and resources_from_env({})["profile"].fingerprint() not in fingerprints

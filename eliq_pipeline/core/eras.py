@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,10 +96,6 @@ class EraRegistry:
         return self.eras[index - 1] if index > 0 else None
 
 
-def default_eras_path() -> Path:
-    return Path(os.environ.get("ELIQ_ERAS", "eras.yaml"))
-
-
 def _fail(path: Path, where: str, message: str) -> ErasFileError:
     return ErasFileError(f"{path}: {where}: {message}")
 
@@ -143,7 +138,6 @@ def _ml_rules() -> SimpleNamespace:
         backends=backends.GENERATOR_BACKENDS.names(),
         import_options=import_backend.IMPORT_OPTIONS,
         default_manifest=import_backend.DEFAULT_MANIFEST,
-        s3_endpoint_env=import_backend.S3_ENDPOINT_ENV,
         inside_import_folder=import_backend.lexically_inside,
         dtype_ok=dtype_ok,
     )
@@ -378,8 +372,8 @@ def parse_eras(text: str, path: Path = Path("eras.yaml")) -> EraRegistry:
     return EraRegistry(path=path, generators=catalog, eras=tuple(eras))
 
 
-def load_eras(path: str | Path | None = None) -> EraRegistry:
-    path = Path(path) if path is not None else default_eras_path()
+def load_eras(path: str | Path) -> EraRegistry:
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -390,7 +384,7 @@ def load_eras(path: str | Path | None = None) -> EraRegistry:
 
 
 def append_era(path: str | Path, name: str, like: str, positive_generators: list[str] | None = None,
-               profile: str | None = None) -> Era:
+               profile: str | None = None, s3_endpoint: str | None = None) -> Era:
     """Append an era copied from `like` (optionally with other positives); validates before writing,
     and with `profile` also checks that the new era can run on it (`check_runnable`)."""
     path = Path(path)
@@ -410,17 +404,19 @@ def append_era(path: str | Path, name: str, like: str, positive_generators: list
     new_text = text + "\n".join("  " + line if line else line for line in addition.splitlines()) + "\n"
     new_registry = parse_eras(new_text, path)  # raises (naming the key) before anything is written
     if profile is not None:
-        check_runnable(new_registry, profile, [name])
+        check_runnable(new_registry, profile, [name], s3_endpoint)
     write_text(path, new_text)
     return new_registry.era(name)
 
 
-def check_runnable(registry: EraRegistry, profile: str, era_names: list[str] | None = None) -> None:
+def check_runnable(registry: EraRegistry, profile: str, era_names: list[str] | None = None,
+                   s3_endpoint: str | None = None) -> None:
     """Raise ErasFileError (naming the file, era, generator and key) unless every era in
     `era_names` (default: all) can run on `profile`: each generator it uses -- positives,
     low-quality generators and its editor for that profile -- has a model for the profile, and
     each `import` source exists (the folder and its manifest, or the manifest object under an
-    `s3://bucket/prefix`). Cheap: reads no image and loads no model."""
+    `s3://bucket/prefix`, through `s3_endpoint` unless the generator names its own `endpoint_url`).
+    Cheap: reads no image and loads no model."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     checked: set[str] = set()
@@ -438,11 +434,12 @@ def check_runnable(registry: EraRegistry, profile: str, era_names: list[str] | N
                                                   f"(generators.{gid}.model has {', '.join(sorted(entry.model))}); "
                                                   f"add generators.{gid}.model.{profile}")
             if entry.backend == "import" and gid not in checked:
-                _check_import_source(registry.path, where, entry, profile)
+                _check_import_source(registry.path, where, entry, profile, s3_endpoint)
             checked.add(gid)
 
 
-def _check_import_source(path: Path, where: str, entry: GeneratorEntry, profile: str) -> None:
+def _check_import_source(path: Path, where: str, entry: GeneratorEntry, profile: str,
+                         s3_endpoint: str | None = None) -> None:
     """The import backend's source exists: as `ImportGenerator` resolves it, without reading images."""
     rules = _ml_rules()
     model = entry.model[profile]
@@ -463,7 +460,7 @@ def _check_import_source(path: Path, where: str, entry: GeneratorEntry, profile:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
-        endpoint = options.get("endpoint_url") or os.environ.get(rules.s3_endpoint_env) or None
+        endpoint = options.get("endpoint_url") or s3_endpoint or None
         client = boto3.client("s3", endpoint_url=endpoint,
                               config=Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 2}))
         try:

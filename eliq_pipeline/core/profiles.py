@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -92,8 +91,7 @@ PRODUCTION = Profile(
 PROFILES = {profile.name: profile for profile in (TINY, PRODUCTION)}
 
 
-def get_profile(name: str | None = None, **overrides: Any) -> Profile:
-    name = name or os.environ.get("ELIQ_PROFILE", "tiny")
+def get_profile(name: str, **overrides: Any) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (ELIQ_PROFILE); known: {', '.join(PROFILES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,18 @@ GENERATION_CODE_VERSION = "gen-1"
 class Generator(Protocol):
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]: ...
     def model_revision(self) -> str: ...
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A backend serving images made elsewhere (the `import` backend) instead of sampling them:
+    it may have no usable image for a prompt, and says why; `report()` counts what it skipped."""
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]: ...
+    def model_revision(self) -> str: ...
+    def has_image(self, prompt: str) -> bool: ...
+    def skip_reason(self, prompt: str) -> str | None: ...
+    def report(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -77,11 +89,10 @@ def _generate_aligned(
 
     for index, request in enumerate(requests):
         backend = generator(request.generator_id)
-        if hasattr(backend, "has_image") and not backend.has_image(request.text):
+        if isinstance(backend, ImageSource) and not backend.has_image(request.text):
             if skipped is not None:
-                reason = backend.skip_reason(request.text) if hasattr(backend, "skip_reason") else None
                 skipped.append({"generator": request.generator_id, "prompt": request.text,
-                                "reason": reason or "not in the import manifest"})
+                                "reason": backend.skip_reason(request.text) or "not in the import manifest"})
             keys.append("")
             continue
         parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]

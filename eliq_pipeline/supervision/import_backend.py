@@ -48,7 +48,6 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -65,7 +64,6 @@ LOG = logging.getLogger(__name__)
 DEFAULT_MANIFEST = "manifest.csv"
 DEFAULT_MIN_SIDE = 64  # the tiny profile's image size; anything smaller is a thumbnail or an error image
 IMPORT_OPTIONS = frozenset({"manifest", "endpoint_url", "min_side", "max_pixels", "on_duplicate", "strict"})
-S3_ENDPOINT_ENV = "ELIQ_S3_ENDPOINT"
 
 # skip reasons (stable names: they become metadata keys)
 MISSING_FILE = "missing_file"
@@ -255,8 +253,7 @@ class ImportGenerator:
             if self._client is None:
                 import boto3
 
-                endpoint = options.get("endpoint_url") or os.environ.get(S3_ENDPOINT_ENV) or None
-                self._client = boto3.client("s3", endpoint_url=endpoint)
+                self._client = boto3.client("s3", endpoint_url=options.get("endpoint_url") or None)
         else:
             root = Path(spec.model)
             if root.is_file():  # the manifest itself was given: the images live next to it

@@ -223,8 +223,9 @@ def test_check_runnable_finds_a_missing_s3_manifest(s3_endpoint, s3_bucket, monk
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.put_object(Bucket=s3_bucket, Key="api/flux/manifest.csv", Body=b"file,prompt\nx.png,a cat\n")
     check_runnable(parse_eras(text), "tiny")
-    monkeypatch.setenv("ELIQ_S3_ENDPOINT", s3_endpoint)  # the endpoint the import backend would use
-    check_runnable(parse_eras(_with_generator(f"{{backend: import, model: 's3://{s3_bucket}/api/flux/'}}")), "tiny")
+    # without its own endpoint_url, a source is checked on the endpoint the store's client uses
+    check_runnable(parse_eras(_with_generator(f"{{backend: import, model: 's3://{s3_bucket}/api/flux/'}}")), "tiny",
+                   s3_endpoint=s3_endpoint)
 
 
 RUNNER_CASES = {

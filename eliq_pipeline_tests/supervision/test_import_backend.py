@@ -254,8 +254,7 @@ def test_s3_source_through_a_real_endpoint(
     manifest = (source / "manifest.csv").read_text() + "missing.png,a missing one,\nbroken.png,a broken one,\n"
     client.put_object(Bucket=s3_bucket, Key="imports/api-model/manifest.csv", Body=manifest.encode())
     (source / "manifest.csv").write_text(manifest, encoding="utf-8")
-    monkeypatch.setenv("ELIQ_S3_ENDPOINT", s3_endpoint)  # the endpoint comes from the environment
-    gen = ImportGenerator(_spec(f"s3://{s3_bucket}/imports/api-model"))
+    gen = ImportGenerator(_spec(f"s3://{s3_bucket}/imports/api-model"), client=client)  # the store's client
     report = gen.report()
     assert (report.imported, report.skipped) == (3, {"missing_file": 1, "corrupt_image": 1})
     images = gen.generate(PROMPTS, [0, 0, 0])

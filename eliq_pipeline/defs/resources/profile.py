@@ -51,16 +51,27 @@ class ModelProfileResource(dg.ConfigurableResource):
             return {}
         return {"base_url": self.llm_base_url.rstrip("/"), "model": self.llm_model}
 
+    def input_files(self) -> dict[str, str]:
+        """sha256 of the user files that shape outputs: the prompt file (replaces the bank) and the
+        NIQE parameter file (the baseline's model); a missing file is named as such."""
+        files = {}
+        for name, path in (("prompts_file", self.prompts_file), ("niqe_params", self.niqe_params)):
+            if path:
+                files[name] = (hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file()
+                               else f"missing: {path}")
+        return files
+
     def fingerprint(self) -> str:
         """What every materialization records as `profile_fingerprint` and `eliq materialize`
-        compares: the profile settings and, when it is on, the LLM refiner (endpoint and model).
-        With the refiner off this is `settings().fingerprint()`, so earlier materializations stay
-        up to date."""
+        compares: the profile settings, the LLM refiner when it is on (endpoint and model) and the
+        content of the user's prompt / NIQE parameter files when given. With none of those this is
+        `settings().fingerprint()`, so earlier materializations stay up to date."""
         base = self.settings().fingerprint()
-        refiner = self.refiner_settings()
-        if not refiner:
+        extra = {**({"llm_refiner": self.refiner_settings()} if self.refiner_settings() else {}),
+                 **self.input_files()}
+        if not extra:
             return base
-        payload = json.dumps({"profile": base, "llm_refiner": refiner}, sort_keys=True).encode()
+        payload = json.dumps({"profile": base, **extra}, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def chat_client(self) -> ChatClient | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -30,7 +31,11 @@ class ArtifactStoreResource(dg.ConfigurableResource):
                 bucket=self.bucket,
                 prefix=self.prefix,
                 cache_dir=Path(self.root) / ".s3-cache",
-                # dagster-aws builds the boto3 client (credentials, retries, endpoint).
-                client=S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.s3_region).get_client(),
+                client=self.s3_client(),
             )
         raise ValueError(f"unknown artifact store backend {self.backend!r}; use 'local' or 's3'")
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client on this store's endpoint and region, built by dagster-aws (credentials,
+        retries); also what `import` generators reading an `s3://` source use."""
+        return S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.s3_region).get_client()

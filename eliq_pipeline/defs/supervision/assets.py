@@ -14,7 +14,8 @@ from eliq_pipeline.defs.resources.io_manager import era_key
 from eliq_pipeline.supervision.backends import GENERATOR_BACKENDS, can_sample
 from eliq_pipeline.supervision.editors import load_editor
 from eliq_pipeline.supervision.generation import (
-    GenerationRequest, ai_specific_requests, generate_ai_specific, generate_images, generation_params, variants_for,
+    GenerationRequest, ImageSource, ai_specific_requests, generate_ai_specific, generate_images, generation_params,
+    variants_for,
 )
 from eliq_pipeline.supervision.generators import GeneratorSpec
 from eliq_pipeline.supervision.negatives import build_negatives, low_quality_skips, sampler_skips
@@ -44,10 +45,13 @@ def _spec(registry: EraRegistry, profile: ModelProfileResource, gid: str) -> Gen
     return GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
 
 
-def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, loaded: dict | None = None):
+def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+                      loaded: dict | None = None):
     def load(gid: str):
-        backend = GENERATOR_BACKENDS.get(registry.generators[gid].backend)(_spec(registry, profile, gid),
-                                                                            device=profile.torch_device())
+        spec = _spec(registry, profile, gid)
+        # an s3:// import source is read with the store's client (endpoint, credentials)
+        extra = {"client": artifacts.s3_client()} if spec.model.startswith("s3://") else {}
+        backend = GENERATOR_BACKENDS.get(spec.backend)(spec, device=profile.torch_device(), **extra)
         if loaded is not None:
             loaded[gid] = backend
         return backend
@@ -78,7 +82,7 @@ def _without_sampler(registry: EraRegistry, generator_ids) -> dict[str, str]:
 
 
 def _import_reports(loaded: dict) -> dict:
-    return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if hasattr(backend, "report")}
+    return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if isinstance(backend, ImageSource)}
 
 
 def _progress(context: dg.AssetExecutionContext, what: str):
@@ -137,7 +141,7 @@ def positive_images(
     registry, store = eras.load(), artifacts.store()
     requests = _requests(registry, era.positive_generators, prompt_list(prompts), profile)
     loaded, skipped = {}, []
-    rows, generated, reused = generate_images(store, requests, _generator_loader(registry, profile, loaded),
+    rows, generated, reused = generate_images(store, requests, _generator_loader(registry, profile, artifacts, loaded),
                                                   profile.settings().generation_batch_size, _progress(context, "positives"),
                                                   skipped=skipped)
     for skip in skipped:
@@ -163,7 +167,7 @@ def negative_images(
     era = current_era(context, eras)
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
     bank, positives = prompt_list(prompts), positive_images.to_pylist()
-    load, batch = _generator_loader(registry, profile), settings.generation_batch_size
+    load, batch = _generator_loader(registry, profile, artifacts), settings.generation_batch_size
     low_skipped: list[dict] = []
     low, low_generated, low_reused = generate_images(
         store, _requests(registry, era.low_quality_generators, bank, profile), load, batch,
