@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import dagster as dg
 import pyarrow as pa
 
 from eliq_pipeline.core.eras import Era
+from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import EraRegistryResource, ModelProfileResource
 
 GROUP_SUPERVISION = "supervision"
 GROUP_CRITIC = "critic"
 GROUP_EVALUATION = "evaluation"
+
+
+def era_asset_check(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetChecksDefinition]:
+    """`@dg.asset_check`, partitioned by era like the asset it checks, so the check reads that era's
+    value. Dagster still calls partitioned checks a preview; we opt in here, once, without its
+    warning on every import of the code location."""
+    def decorator(fn: Callable[..., Any]) -> dg.AssetChecksDefinition:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=dg.PreviewWarning)
+            return dg.asset_check(partitions_def=ERA_PARTITIONS, **kwargs)(fn)
+
+    return decorator
 
 
 def current_era(context: dg.AssetExecutionContext, eras: EraRegistryResource) -> Era:

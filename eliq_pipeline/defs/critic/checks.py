@@ -7,10 +7,10 @@ from pathlib import Path
 import dagster as dg
 
 from eliq_pipeline.defs.critic.assets import qqt_model
-from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.common import era_asset_check
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=qqt_model, description="The scorer ranks held-out positives above their negatives better than chance.")
+@era_asset_check(asset=qqt_model, description="The scorer ranks held-out positives above their negatives better than chance.")
 def qqt_beats_chance(qqt_model: Path) -> dg.AssetCheckResult:
     report = json.loads((qqt_model / "training_report.json").read_text())
     accuracy = report["heldout_accuracy"]

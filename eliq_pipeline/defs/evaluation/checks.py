@@ -4,7 +4,7 @@
 import dagster as dg
 
 from eliq_pipeline.defs.evaluation.assets import benchmark_scores
-from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.common import era_asset_check
 from eliq_pipeline.defs.resources import EraRegistryResource, ModelProfileResource, WarehouseResource
 
 
@@ -12,7 +12,7 @@ def _partition(context: dg.AssetCheckExecutionContext) -> str:
     return context.op_execution_context.partition_key
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=benchmark_scores, description=(
+@era_asset_check(asset=benchmark_scores, description=(
     "Era-over-era drift: flags (WARN) a benchmark whose label-free SRCC fell more than the configured "
     "threshold (ELIQ_DRIFT_THRESHOLD) below the previous era's."))
 def srcc_not_below_previous_era(

@@ -6,7 +6,7 @@ from typing import Iterable
 import dagster as dg
 import pyarrow as pa
 
-from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+from eliq_pipeline.defs.common import era_asset_check
 from eliq_pipeline.defs.resources import ArtifactStoreResource
 from eliq_pipeline.defs.supervision.assets import comparison_tuples, negative_images, positive_images
 from eliq_pipeline.supervision.image_cache import get_image
@@ -22,7 +22,7 @@ def _undecodable(store, shas: Iterable[str]) -> list[str]:
     return bad
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=positive_images, blocking=True, description="Every positive and low-quality image exists and decodes.")
+@era_asset_check(asset=positive_images, blocking=True, description="Every positive and low-quality image exists and decodes.")
 def positive_images_decode(positive_images: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifacts.store()
     rows = positive_images.to_pylist()
@@ -31,7 +31,7 @@ def positive_images_decode(positive_images: pa.Table, artifacts: ArtifactStoreRe
                                                           "first_failures": dg.MetadataValue.json(bad[:5])})
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=negative_images, blocking=True, additional_ins={"prompts": dg.AssetIn("prompts")},
+@era_asset_check(asset=negative_images, blocking=True, additional_ins={"prompts": dg.AssetIn("prompts")},
                 description="Each negative differs from its positive: other pixels, or another prompt for alignment.")
 def negatives_differ_from_positives(negative_images: pa.Table, prompts: pa.Table) -> dg.AssetCheckResult:
     rows = negative_images.to_pylist()
@@ -55,7 +55,7 @@ INTENDED_DIRECTION = {
 }
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=negative_images, description=(
+@era_asset_check(asset=negative_images, description=(
     "Each negative moves its measurable in the intended direction (noise raises the noise estimate, "
     "JPEG raises blockiness, ...); fails when a conventional method does so for under 90% of negatives."))
 def negatives_move_in_intended_direction(negative_images: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
@@ -79,7 +79,7 @@ def negatives_move_in_intended_direction(negative_images: pa.Table, artifacts: A
                   "measurables": dg.MetadataValue.json({m: f"{'raise' if s > 0 else 'lower'} {n}" for m, (n, s) in INTENDED_DIRECTION.items()})})
 
 
-@dg.asset_check(partitions_def=ERA_PARTITIONS, asset=comparison_tuples, blocking=True,
+@era_asset_check(asset=comparison_tuples, blocking=True,
                 description="Every tuple references images that exist and decode; splits are prompt-disjoint and non-empty.")
 def tuples_reference_valid_images(comparison_tuples: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifacts.store()
