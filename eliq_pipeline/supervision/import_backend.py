@@ -240,6 +240,20 @@ class ImportGenerator:
         self.strict = bool(options.get("strict", False))
         manifest_name = str(options.get("manifest", DEFAULT_MANIFEST))
 
+        manifest_name = self._open_source(spec, manifest_name, options, client)
+        raw = self._read_manifest(manifest_name)
+        self._revision = "import:" + hashlib.sha256(raw).hexdigest()[:16]
+        rows = self._parse_manifest(raw)
+        self._report = ImportReport(source=spec.model, manifest_sha256=hashlib.sha256(raw).hexdigest(), rows=len(rows))
+        self._rows: dict[str, _Row] = {}  # prompt key -> row
+        self._refused: dict[int, str] = {}  # manifest line -> refusal message
+        self._index(rows)
+        self._validate()
+
+    # ------------------------------------------------------------------ configuration and I/O
+
+    def _open_source(self, spec: GeneratorSpec, manifest_name: str, options: dict[str, Any], client: Any) -> str:
+        """Set up the S3 prefix or the local folder; returns the manifest's name inside it."""
         self._bucket: str | None = None
         self._prefix = ""
         self._root: Path | None = None
@@ -262,7 +276,11 @@ class ImportGenerator:
                 raise FileNotFoundError(f"generator {spec.id!r}: import folder {root} does not exist")
             self._shown_root = root  # as the user named it, for messages
             self._root = root.resolve()  # confinement is checked against the real folder
+        return manifest_name
 
+    def _read_manifest(self, manifest_name: str) -> bytes:
+        """The manifest's bytes; it must lie inside the source (by name and after symlinks)."""
+        spec = self.spec
         if not self._lexically_inside(manifest_name):
             raise ManifestError(
                 f"generator {spec.id!r}: import option 'manifest' ({manifest_name!r}) escapes the import folder "
@@ -270,7 +288,7 @@ class ImportGenerator:
             )
         self.manifest_location = self._describe(manifest_name)
         try:
-            raw = self._read(manifest_name)
+            return self._read(manifest_name)
         except FileNotFoundError:
             raise FileNotFoundError(f"generator {spec.id!r}: manifest {self.manifest_location} not found") from None
         except OutsideSource:
@@ -280,15 +298,7 @@ class ImportGenerator:
             ) from None
         except IsADirectoryError:
             raise ManifestError(f"generator {spec.id!r}: manifest {self.manifest_location} is not a regular file") from None
-        self._revision = "import:" + hashlib.sha256(raw).hexdigest()[:16]
-        rows = self._parse_manifest(raw)
-        self._report = ImportReport(source=spec.model, manifest_sha256=hashlib.sha256(raw).hexdigest(), rows=len(rows))
-        self._rows: dict[str, _Row] = {}  # prompt key -> row
-        self._refused: dict[int, str] = {}  # manifest line -> refusal message
-        self._index(rows)
-        self._validate()
 
-    # ------------------------------------------------------------------ configuration and I/O
 
     @staticmethod
     def _options(spec: GeneratorSpec) -> dict[str, Any]:

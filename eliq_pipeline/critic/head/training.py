@@ -33,6 +33,61 @@ class TrainResult:
         return [row["train_loss"] for row in self.history]
 
 
+def _check_splits(train: TupleEmbeddings, heldout: TupleEmbeddings, cfg: ScorerConfig) -> None:
+    for label, split in (("train", train), ("heldout", heldout)):
+        if len(split) == 0:
+            raise ValueError(f"{label} tuples are empty")
+        if split.hidden_size != cfg.hidden_size:
+            raise ValueError(
+                f"{label} embeddings have hidden size {split.hidden_size}, "
+                f"config expects {cfg.hidden_size}"
+            )
+
+
+def _train_epoch(
+    model: ELIQScoringHead,
+    optimizer: torch.optim.Optimizer,
+    train: TupleEmbeddings,
+    cfg: ScorerConfig,
+    order_rng: torch.Generator,
+    result: TrainResult,
+) -> tuple[int, dict[str, float]]:
+    """One pass over the shuffled training tuples (stopping at `max_steps`); returns the number
+    of tuples seen and the summed total / visual / alignment losses."""
+    model.train()
+    n = len(train)
+    permutation = torch.randperm(n, generator=order_rng)
+    seen, sums = 0, {"total": 0.0, "vis": 0.0, "ali": 0.0}
+    for start in range(0, n, cfg.batch_size):
+        if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+            break
+        index = permutation[start : start + cfg.batch_size]
+        total, l_vis, l_ali = total_ranking_loss(
+            score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
+        )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        result.steps += 1
+        k = int(index.shape[0])
+        seen += k
+        for key, value in (("total", total), ("vis", l_vis), ("ali", l_ali)):
+            sums[key] += float(value.detach()) * k
+    return seen, sums
+
+
+def _improved(best_key: tuple[float, float] | None, acc: dict[str, float], heldout_loss: float) -> bool:
+    # Higher mean accuracy, or equal accuracy and a held-out loss lower by more than a hair (so a
+    # loss creeping down by 1e-6 does not defeat patience).
+    return (
+        best_key is None
+        or acc["mean"] > best_key[0]
+        or (acc["mean"] == best_key[0] and heldout_loss < best_key[1] - _LOSS_TIE_DELTA)
+    )
+
+
 def train_scoring_head(
     train: TupleEmbeddings,
     heldout: TupleEmbeddings,
@@ -47,14 +102,7 @@ def train_scoring_head(
     steps. Deterministic for a given cfg.seed on a given machine; the caller's global torch RNG
     state is left untouched.
     """
-    for label, split in (("train", train), ("heldout", heldout)):
-        if len(split) == 0:
-            raise ValueError(f"{label} tuples are empty")
-        if split.hidden_size != cfg.hidden_size:
-            raise ValueError(
-                f"{label} embeddings have hidden size {split.hidden_size}, "
-                f"config expects {cfg.hidden_size}"
-            )
+    _check_splits(train, heldout, cfg)
     emit = log or (lambda _msg: None)
 
     with torch.random.fork_rng(devices=[]):
@@ -67,29 +115,9 @@ def train_scoring_head(
         best_key: tuple[float, float] | None = None
         best_state: dict[str, Tensor] = {}
         epochs_since_best = 0
-        n = len(train)
 
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            permutation = torch.randperm(n, generator=order_rng)
-            seen, sums = 0, {"total": 0.0, "vis": 0.0, "ali": 0.0}
-            for start in range(0, n, cfg.batch_size):
-                if cfg.max_steps is not None and result.steps >= cfg.max_steps:
-                    break
-                index = permutation[start : start + cfg.batch_size]
-                total, l_vis, l_ali = total_ranking_loss(
-                    score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
-                )
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                result.steps += 1
-                k = int(index.shape[0])
-                seen += k
-                for key, value in (("total", total), ("vis", l_vis), ("ali", l_ali)):
-                    sums[key] += float(value.detach()) * k
+            seen, sums = _train_epoch(model, optimizer, train, cfg, order_rng, result)
             if seen == 0:  # max_steps was reached exactly at the previous epoch's end
                 break
 
@@ -109,15 +137,7 @@ def train_scoring_head(
                 f"acc vis/tec {acc['vis_vs_tec']:.3f} vis/aes {acc['vis_vs_aes']:.3f} "
                 f"ali {acc['ali']:.3f}"
             )
-
-            # Improvement: higher mean accuracy, or equal accuracy and a held-out loss lower by
-            # more than a hair (so a loss creeping down by 1e-6 does not defeat patience).
-            improved = (
-                best_key is None
-                or acc["mean"] > best_key[0]
-                or (acc["mean"] == best_key[0] and heldout_loss < best_key[1] - _LOSS_TIE_DELTA)
-            )
-            if improved:
+            if _improved(best_key, acc, heldout_loss):
                 best_key = (acc["mean"], heldout_loss)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch
