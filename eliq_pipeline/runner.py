@@ -6,6 +6,7 @@ $ELIQ_HOME/dagster, so `make ui` shows them afterwards.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,6 +46,17 @@ class MaterializeInterrupted(RuntimeError):
     """SIGINT / SIGTERM stopped a run; no further era was started."""
 
 
+# Tags Dagster puts on every materialization: its data version, and that of each input it read.
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_DATA_VERSION_TAG = "dagster/input_data_version/"
+
+
+def _as_input(version: str | None) -> tuple[str, ...]:
+    """How a downstream materialization records an upstream data version: as is, or (partitioned
+    input) as the sha256 of the versions of the partitions it read (here the one era)."""
+    return () if version is None else (version, hashlib.sha256(version.encode()).hexdigest())
+
+
 @dataclass(frozen=True)
 class Staleness:
     asset: str  # the first asset (in dependency order) that must be re-materialized
@@ -64,10 +76,11 @@ def find_stale(
 ) -> Staleness | None:
     """The first asset of an era partition that needs work, or None when every asset is
     materialized from the current era definition, profile settings, benchmarks and code version,
-    in dependency order, and (given the store) its recorded artifacts are still there. Everything
-    downstream of that asset is re-materialized, nothing upstream."""
+    from the data versions its upstream assets have now (Dagster records the input data versions
+    of each materialization), and (given the store) its recorded artifacts are still there.
+    Everything downstream of that asset is re-materialized, nothing upstream."""
     found: list[Staleness] = []
-    previous_ts = 0.0
+    data_versions: dict[str, str | None] = {}  # asset -> data version of its latest materialization
     for asset in ELIQ_ASSETS:
         name = asset.key.to_user_string()
         record = _latest(instance, asset.key, era)
@@ -75,8 +88,11 @@ def find_stale(
             found.append(Staleness(name, f"{name} not materialized"))
             break
         materialization = record.asset_materialization
-        metadata = materialization.metadata
-        code_version = (materialization.tags or {}).get("dagster/code_version")
+        metadata, tags = materialization.metadata, materialization.tags or {}
+        code_version = tags.get("dagster/code_version")
+        outdated = sorted(up for up, version in data_versions.items()
+                          if tags.get(INPUT_DATA_VERSION_TAG + up) not in (None, *_as_input(version)))
+        data_versions[name] = tags.get(DATA_VERSION_TAG)
         current = asset.code_versions_by_key.get(asset.key)
         if getattr(metadata.get("era_fingerprint"), "value", None) != fingerprint:
             found.append(Staleness(name, f"{name} was built from another definition of the era"))
@@ -84,11 +100,10 @@ def find_stale(
             found.append(Staleness(name, f"{name} was built with other profile settings"))
         elif code_version != current:
             found.append(Staleness(name, f"{name} code changed ({code_version} -> {current})"))
-        elif record.timestamp < previous_ts:
-            found.append(Staleness(name, f"{name} is older than its upstream"))
+        elif outdated:
+            found.append(Staleness(name, f"{name} was built from an earlier {outdated[0]}"))
         elif store is not None and (gone := missing_artifacts(store, metadata)):
             found.append(Staleness(name, f"{name}'s artifact {store.describe(gone[0])} is gone from the store"))
-        previous_ts = record.timestamp
         scored = getattr(metadata.get("benchmarks"), "value", None)
         if scored is not None and sorted(scored) != sorted(benchmarks):
             # benchmark images enter at aspect_embeddings; supervision and tuning stay as they are

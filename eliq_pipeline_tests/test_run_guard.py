@@ -135,12 +135,13 @@ def test_a_second_materialize_with_wait_queues_behind_the_first(tmp_path):
             with home_lock(tmp_path):
                 pass
         holder = subprocess.Popen([sys.executable, "-c", (
-            "import sys, time; from pathlib import Path; from eliq_pipeline.run_guard import home_lock\n"
-            f"with home_lock(Path({str(tmp_path)!r}), wait=True): print('got it', flush=True)")],
-            stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+            "from pathlib import Path; from eliq_pipeline.run_guard import home_lock\n"
+            f"with home_lock(Path({str(tmp_path)!r}), wait=True, log=lambda m: print(m, flush=True)):\n"
+            "    print('got it', flush=True)")], stdout=subprocess.PIPE, text=True)
+        waited = holder.stdout.readline().strip()  # blocks until the child is queued behind us
+        time.sleep(0.5)
         assert holder.poll() is None  # still waiting while we hold the home
-    waited, got = holder.communicate(timeout=30)[0].strip().splitlines()
+    got = holder.communicate(timeout=60)[0].strip()
     assert waited.startswith(f"waiting for another eliq materialize (pid {os.getpid()})") and got == "got it"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import dagster as dg
@@ -53,3 +56,47 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def content_digest(value: pa.Table | Path | str) -> str:
+    """sha256 of an asset value: a table's Arrow IPC bytes, a model folder's files (name and bytes),
+    or a string standing for the value."""
+    digest = hashlib.sha256()
+    if isinstance(value, pa.Table):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write_table(value)
+        digest.update(sink.getvalue().to_pybytes())
+    elif isinstance(value, Path):
+        for path in sorted(p for p in value.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(value).as_posix().encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    else:
+        digest.update(str(value).encode())
+    return digest.hexdigest()
+
+
+def era_data_version(metadata: dict[str, Any], value: pa.Table | Path | str) -> dg.DataVersion:
+    """The data version of a materialization: its content, the era definition and the profile it
+    was built under. Downstream materializations record it (`dagster/input_data_version/...`), so
+    a value rebuilt with other content makes what was built from it stale, in the UI and for
+    `eliq materialize`."""
+    payload = json.dumps([metadata["era_fingerprint"], metadata["profile_fingerprint"], content_digest(value)])
+    return dg.DataVersion(hashlib.sha256(payload.encode()).hexdigest()[:32])
+
+
+def era_output(value: pa.Table | Path, metadata: dict[str, Any]) -> dg.Output:
+    """An asset's value with its metadata (from `era_metadata`) and its data version (a beta
+    parameter of Dagster's; its warning is silenced here, where we opt in)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.BetaWarning)
+        return dg.Output(value, metadata=metadata, data_version=era_data_version(metadata, value))
+
+
+def era_result(metadata: dict[str, Any], content: str) -> dg.MaterializeResult:
+    """`era_output` for an asset whose value lives outside the IO manager (the warehouse rows)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.BetaWarning)
+        return dg.MaterializeResult(metadata=metadata, data_version=era_data_version(metadata, content))

@@ -18,7 +18,7 @@ from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import (
     adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
 )
-from eliq_pipeline.defs.common import GROUP_CRITIC, current_era, era_metadata, rows_to_table
+from eliq_pipeline.defs.common import GROUP_CRITIC, current_era, era_metadata, era_output, rows_to_table
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
 from eliq_pipeline.evaluation.benchmark_inputs import benchmark_requests, image_loader
@@ -66,7 +66,7 @@ def tuned_mllm(
                            log=context.log.info)
     out = save_tuned_backbone(result.model, result.processor, model_output_dir(profile, era.name, "tuned_mllm"),
                               base_ref=settings.backbone)
-    return dg.Output(out, metadata=era_metadata(
+    return era_output(out, era_metadata(
         era, eras, profile, adapter_hash=adapter_namespace(out),
         base_backbone=settings.backbone, resumed_from_step=result.resumed_from_step,
         train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
@@ -108,7 +108,7 @@ def aspect_embeddings(
               "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
     table = rows_to_table(index)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), NAMESPACE_KEY: namespace.encode()})
-    return dg.Output(table, metadata=era_metadata(
+    return era_output(table, era_metadata(
         era, eras, profile, embeddings_computed=computed, embeddings_reused=reused, adapter_hash=namespace,
         benchmark_images=dg.MetadataValue.json(bench_counts),
     ))
@@ -134,7 +134,7 @@ def qqt_model(
         (out / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
         (out / "training_report.json").write_text(json.dumps(
             {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
-    return dg.Output(model_output_dir(profile, era.name, "qqt_model"), metadata=era_metadata(
+    return era_output(model_output_dir(profile, era.name, "qqt_model"), era_metadata(
         era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
         heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
         heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),

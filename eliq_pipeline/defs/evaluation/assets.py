@@ -12,7 +12,7 @@ from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.head.checkpoints import load_scoring_head
 from eliq_pipeline.critic.head.ranking import ranking_accuracies
-from eliq_pipeline.defs.common import GROUP_EVALUATION, current_era, era_metadata, markdown_table
+from eliq_pipeline.defs.common import GROUP_EVALUATION, current_era, era_metadata, era_result, markdown_table
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
 from eliq_pipeline.defs.resources.io_manager import era_key
@@ -77,4 +77,4 @@ def benchmark_scores(
     )
     for name, png in scatter.items():
         metadata[f"scatter_{name}"] = dg.MetadataValue.md(preview_markdown(png, f"ELIQ s_vis vs quality MOS, {name}"))
-    return dg.MaterializeResult(metadata=metadata)
+    return era_result(metadata, bundle + json.dumps(rows, default=str))

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from eliq_pipeline import tiny
 from eliq_pipeline.core.eras import OFFLINE_EDITOR, Era, EraRegistry
-from eliq_pipeline.defs.common import GROUP_SUPERVISION, current_era, era_metadata, rows_to_table
+from eliq_pipeline.defs.common import GROUP_SUPERVISION, current_era, era_metadata, era_output, rows_to_table
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
 from eliq_pipeline.defs.resources.io_manager import era_key
@@ -121,7 +121,7 @@ def prompts(
              "degraded_prompt": degraded_prompt(p.text), "appearance_prompt": aesthetic_degraded_prompt(p.text)}
             for p in bank]
     coverage = count_by(rows, "category")
-    return dg.Output(rows_to_table(rows), metadata=era_metadata(era, eras, profile, num_prompts=len(rows),
+    return era_output(rows_to_table(rows), era_metadata(era, eras, profile, num_prompts=len(rows),
                                                       source=profile.prompts_file or "generated bank",
                                                       variant_kinds=dg.MetadataValue.json(count_by(
                                                           [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
@@ -146,7 +146,7 @@ def positive_images(
                                                   skipped=skipped)
     for skip in skipped:
         context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
-    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+    return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
         images_skipped=len(skipped), per_generator=dg.MetadataValue.json(count_by(rows, "generator")),
         import_reports=dg.MetadataValue.json(_import_reports(loaded)),
@@ -186,7 +186,7 @@ def negative_images(
                                                 editors=_editors(registry, era, profile))
     preview = preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
-    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+    return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, num_negatives=len(rows),
         images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
         degradations_created=created, degradations_reused=reused,
@@ -212,7 +212,7 @@ def comparison_tuples(
     for row in rows:
         row["era"] = era.name
     split = count_by(rows, "split")
-    return dg.Output(rows_to_table(rows), metadata=era_metadata(
+    return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, num_tuples=len(rows), split=dg.MetadataValue.json(split),
         methods=dg.MetadataValue.json({
             aspect: count_by(rows, f"{aspect}_family", f"{aspect}_method") for aspect in ("tec", "aes", "ali")}),
