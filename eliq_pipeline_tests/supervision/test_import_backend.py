@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from eliq_pipeline.supervision.backends import GENERATOR_BACKENDS, can_sample, load_generator
+from eliq_pipeline.supervision.generation import ImageSource
 from eliq_pipeline.supervision.generators import GeneratorSpec
 from eliq_pipeline.supervision.import_backend import (
     ImportGenerator,
@@ -89,6 +90,8 @@ def test_backend_is_registered_and_loads_through_the_generic_loader(source: Path
     assert isinstance(gen, ImportGenerator)
     # no sampler: AI-specific renders of its prompts are skipped by the pipeline, not attempted
     assert not can_sample("import") and can_sample("diffusers")
+    # the import backend is the ImageSource that generation asks which prompts it can serve
+    assert issubclass(ImportGenerator, ImageSource) and not issubclass(GENERATOR_BACKENDS.get("diffusers"), ImageSource)
 
 
 def test_generate_returns_the_imported_images_and_ignores_seeds(source: Path) -> None:

@@ -87,7 +87,7 @@ def test_heldout_split_is_deterministic_per_seed():
 
 
 class PartialGenerator(FakeGenerator):
-    """Serves some prompts only (`has_image`, as an `import` source does); takes `stop_step`."""
+    """An `ImageSource` serving some prompts only, as an `import` source does; takes `stop_step`."""
 
     def __init__(self, served):
         super().__init__()
@@ -95,6 +95,12 @@ class PartialGenerator(FakeGenerator):
 
     def has_image(self, prompt):
         return prompt in self.served
+
+    def skip_reason(self, prompt):
+        return None if prompt in self.served else "not served"
+
+    def report(self):
+        return {"served": len(self.served)}
 
     def generate(self, prompts, seeds, stop_step=None):
         return super().generate(prompts, [s + (stop_step or 0) for s in seeds])
