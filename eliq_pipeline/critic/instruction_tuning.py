@@ -460,6 +460,16 @@ def _train_steps(
             say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
 
 
+def _lora_backbone(base_path: str, cfg: SFTConfig, device: str, dtype: torch.dtype) -> tuple[Any, Any, list]:
+    """The base MLLM with LoRA adapters (and gradient checkpointing if asked); returns the model,
+    its processor and the trainable parameters."""
+    model, processor = load_backbone(base_path, device=device, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _lora_model(model, cfg)
+    return model, processor, [p for p in model.parameters() if p.requires_grad]
+
+
 def tune_backbone(
     base_path: str,
     examples_train: Sequence[SFTExample],
@@ -480,14 +490,7 @@ def tune_backbone(
     work_dir = Path(work_dir)
     ckpt_root = work_dir / "checkpoints"
     dtype = torch.bfloat16 if (cfg.bf16 and str(device).startswith("cuda")) else default_dtype("cpu")
-
-    model, processor = load_backbone(base_path, device=device, dtype=dtype)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _lora_model(model, cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_count = sum(p.numel() for p in trainable)
-    total_count = sum(p.numel() for p in model.parameters())
+    model, processor, trainable = _lora_backbone(base_path, cfg, device, dtype)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     per_step = cfg.batch_size * cfg.grad_accum
@@ -530,8 +533,8 @@ def tune_backbone(
         heldout_counts=counts,
         steps=total_steps,
         resumed_from_step=start_step,
-        trainable_params=trainable_count,
-        total_params=total_count,
+        trainable_params=sum(p.numel() for p in trainable),
+        total_params=sum(p.numel() for p in model.parameters()),
     )
 
 
