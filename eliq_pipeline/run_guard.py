@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from contextlib import contextmanager
@@ -23,6 +22,8 @@ from typing import Callable, Iterator
 
 import dagster as dg
 import psutil
+
+from eliq_pipeline.core.locks import LockBusy, exclusive_lock
 
 PID_TAG, HOST_TAG, STARTED_TAG = "eliq/pid", "eliq/host", "eliq/process_started"
 # Statuses of a run that some process is (or was) working on.
@@ -87,31 +88,14 @@ class MaterializeBusy(RuntimeError):
 @contextmanager
 def home_lock(home: Path, wait: bool = False, log: Callable[[str], None] = print) -> Iterator[None]:
     """Hold $ELIQ_HOME exclusively; refuse (or, with `wait`, wait) while another process holds it."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / LOCK_NAME
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            if not wait:
-                raise MaterializeBusy(
-                    f"another eliq materialize (pid {holder}) is running on {home}; wait for it to finish, "
-                    f"stop it, or pass --wait to queue behind it") from None
-            log(f"waiting for another eliq materialize (pid {holder}) on {home} to finish…")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
+    try:
+        with exclusive_lock(home / LOCK_NAME, wait=wait, on_wait=lambda holder: log(
+                f"waiting for another eliq materialize (pid {holder}) on {home} to finish…")):
             yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockBusy as busy:
+        raise MaterializeBusy(
+            f"another eliq materialize (pid {busy.holder}) is running on {home}; wait for it to finish, "
+            f"stop it, or pass --wait to queue behind it") from None
 
 
 def interrupted(result: dg.ExecuteInProcessResult) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,11 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eliq_pipeline.core.atomic import staged_file
-
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): runs sharing an --out are not serialised there
-    fcntl = None  # type: ignore[assignment]
+from eliq_pipeline.core.locks import exclusive_lock
 
 # prompt_truncated: the prompt was longer than the backbone takes and was cut to fit (its s_ali
 # judges the kept start of the prompt); appended last so the older columns keep their places.
@@ -209,61 +204,14 @@ def lock_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + LOCK_SUFFIX)
 
 
-def _lock_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 @contextmanager
 def output_lock(out: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of ``out`` (flock on ``<out>.lock``), waiting for it if another
-    run holds it, and say so once: ``waiting for another eliq score writing <out> (pid N)``.
-
-    The lock file holds the holder's pid and is removed on release. The kernel releases a flock
-    when its process dies (SIGKILL included), so a crashed run never leaves a stale lock.
-    """
-    if fcntl is None:
-        yield
-        return
+    """Hold the exclusive lock of ``out`` (``<out>.lock``, see core.locks), waiting for it if
+    another run holds it, and say so once: ``waiting for another eliq score writing <out> (pid N)``."""
     say = log or (lambda message: None)
-    path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not waited:
-                    say(f"waiting for another eliq score writing {out} (pid {_lock_holder(fd)})")
-                    waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            # The previous holder removes the file on release; a lock on a removed file guards
-            # nothing, so lock the file now at that path instead.
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with exclusive_lock(lock_path(out), wait=True,
+                        on_wait=lambda holder: say(f"waiting for another eliq score writing {out} (pid {holder})")):
         yield
-    finally:
-        try:
-            path.unlink()  # while still locked: no other run can hold this file now
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:

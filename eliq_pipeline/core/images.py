@@ -40,13 +40,14 @@ def sha256_bytes(data: bytes) -> str:
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, fresh: bool = False) -> str:
     """Full-content hash, memoised on (path, size, mtime): weights and benchmark images that
-    several steps of a run fingerprint are read once."""
+    several steps of a run fingerprint are read once. `fresh` reads the file again (a seal check
+    must see an edit that kept size and mtime)."""
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_HASHES:
+    if fresh or key not in _FILE_HASHES:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 22), b""):

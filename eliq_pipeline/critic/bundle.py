@@ -167,19 +167,10 @@ def resolve_base(base_ref: str, base_override: str | None, where: str) -> str:
 # ------------------------------------------------------------------------------ the manifest
 
 
-def _sha256_uncached(path: Path) -> str:
-    """Read the file now (images.sha256_file memoises on size + mtime, which a seal must not)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_manifest(root: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every file below ``root`` except the manifest itself."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != BUNDLE_META_FILE)
-    return {p.relative_to(root).as_posix(): {"sha256": _sha256_uncached(p), "size": p.stat().st_size} for p in files}
+    return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p, fresh=True), "size": p.stat().st_size} for p in files}
 
 
 def _manifest_digest(meta: dict[str, Any]) -> str:
@@ -207,7 +198,7 @@ def _check_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
         if size != entry["size"]:
             what = "truncated" if size < entry["size"] else "grown"
             problems.append((name, f"{what} ({size} bytes, the manifest records {entry['size']})"))
-        elif _sha256_uncached(path) != entry["sha256"]:
+        elif sha256_file(path, fresh=True) != entry["sha256"]:
             problems.append((name, "sha256 mismatch (modified after export)"))
     candidates = [p for folder in _LOADED_DIRS if (root / folder).is_dir() for p in (root / folder).rglob("*")]
     candidates.append(root / CALIBRATION_FILE)

@@ -12,6 +12,7 @@ import dagster as dg
 import pyarrow as pa
 
 from eliq_pipeline.core.eras import Era
+from eliq_pipeline.critic.backbone import directory_fingerprint
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import EraRegistryResource, ModelProfileResource
 
@@ -59,8 +60,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 
 def content_digest(value: pa.Table | Path | str) -> str:
-    """sha256 of an asset value: a table's Arrow IPC bytes, a model folder's files (name and bytes),
-    or a string standing for the value."""
+    """sha256 of an asset value: a table's Arrow IPC bytes, a model folder's
+    `directory_fingerprint` (file names and bytes), or a string standing for the value."""
     digest = hashlib.sha256()
     if isinstance(value, pa.Table):
         sink = pa.BufferOutputStream()
@@ -68,11 +69,7 @@ def content_digest(value: pa.Table | Path | str) -> str:
             writer.write_table(value)
         digest.update(sink.getvalue().to_pybytes())
     elif isinstance(value, Path):
-        for path in sorted(p for p in value.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(value).as_posix().encode() + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        digest.update(directory_fingerprint(value).encode())
     else:
         digest.update(str(value).encode())
     return digest.hexdigest()
