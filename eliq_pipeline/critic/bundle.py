@@ -500,20 +500,19 @@ class ELIQScorer:
     def embed(
         self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z_tec, z_aes, z_ali, each [n, h]. One aspect at a time: rows of a batch then share
-        their instruction, so left padding (wasted compute) is only the image/prompt difference."""
+        """z_tec, z_aes, z_ali, each [n, h]. The three questions about an image share one vision
+        encode and image-prefix pass; ``batch_size`` images go through the backbone at once."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         n = len(images)
         # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15). Over-long
         # prompts are cut to the backbone's limit inside build_inputs (see fit_prompts).
         ali_prompts = [prompt if has_prompt(prompt) else NEUTRAL_PROMPT for prompt in prompts]
-        z_tec, z_aes, z_ali = (
-            extract_aspect_embeddings(self.model, self.processor, images, [aspect] * n,
-                                      ali_prompts if aspect == "ali" else [None] * n,
-                                      batch_size=batch_size, device=self.device)
-            for aspect in ("tec", "aes", "ali")
-        )
+        z = extract_aspect_embeddings(
+            self.model, self.processor, [image for image in images for _ in range(3)], ["tec", "aes", "ali"] * n,
+            [p for prompt in ali_prompts for p in (None, None, prompt)], batch_size=batch_size, device=self.device,
+        ).view(n, 3, -1)
+        z_tec, z_aes, z_ali = z[:, 0], z[:, 1], z[:, 2]
         return z_tec, z_aes, z_ali
 
     def raw_scores(

@@ -21,6 +21,12 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.core.atomic import staged_dir
+from eliq_pipeline.critic.shared_prefix import (
+    final_token_states,
+    label_logits,
+    query_batches,
+    supports_shared_prefix,
+)
 from eliq_pipeline.critic.backbone import (
     ASPECTS,
     INSTRUCTIONS,
@@ -32,7 +38,6 @@ from eliq_pipeline.critic.backbone import (
     label_token_ids,
     load_backbone,
     load_processor,
-    move_inputs,
 )
 
 # The LLM's attention and MLP projections (Qwen3 names). The vision tower uses other names
@@ -55,6 +60,9 @@ class SFTExample:
     aspect: str
     prompt: str | None
     label: str
+    # Examples of one comparison tuple share a group: the sampler keeps a group together so the
+    # questions about one image are trained from one shared image-prefix pass. None: alone.
+    group: int | None = None
 
     def __post_init__(self) -> None:
         if self.aspect not in ASPECTS:
@@ -89,16 +97,17 @@ def pseudo_label_examples(tuples: Iterable[Any]) -> list[SFTExample]:
     negatives: an image rendered from a prompt variant, paired with the original prompt).
     """
     examples: list[SFTExample] = []
-    for row in tuples:
+    for group, row in enumerate(tuples):
         positive = _get(row, "positive")
         prompt = _get(row, "prompt")
+        # The questions about I+ come first and together, so a micro-batch cut splits them rarely.
         examples += [
-            SFTExample(positive, "tec", None, "high"),
-            SFTExample(positive, "aes", None, "high"),
-            SFTExample(positive, "ali", prompt, "high"),
-            SFTExample(_get(row, "tec_negative"), "tec", None, "low"),
-            SFTExample(_get(row, "aes_negative"), "aes", None, "low"),
-            SFTExample(_get_optional(row, "ali_negative") or positive, "ali", _get(row, "mismatched_prompt"), "low"),
+            SFTExample(positive, "tec", None, "high", group),
+            SFTExample(positive, "aes", None, "high", group),
+            SFTExample(positive, "ali", prompt, "high", group),
+            SFTExample(_get_optional(row, "ali_negative") or positive, "ali", _get(row, "mismatched_prompt"), "low", group),
+            SFTExample(_get(row, "tec_negative"), "tec", None, "low", group),
+            SFTExample(_get(row, "aes_negative"), "aes", None, "low", group),
         ]
     return examples
 
@@ -139,10 +148,16 @@ class SFTConfig:
     # labels carry no learnable signal at toy scale, and any weight on them stalls the visual
     # aspects (measured: held-out tec accuracy 0.5 at weight 1, 0.77-0.89 at weight 0).
     aspect_loss_weights: tuple[tuple[str, float], ...] = (("tec", 1.0), ("aes", 1.0), ("ali", 1.0))
+    # Questions about the same image in a micro-batch share one vision encode and prefix pass
+    # (critic/shared_prefix.py); False runs one row per question. Same loss up to float noise.
+    share_image_prefix: bool = True
 
     # Fields that do not change the training trajectory: a checkpoint written under other values
     # of these is still a valid resume point.
-    _NON_TRAJECTORY = ("max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "eval_batch_size")
+    _NON_TRAJECTORY = ("max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                       "share_image_prefix")
+    # The micro-batch sampler; a new one changes every trajectory, so it is part of the run key.
+    SAMPLER = "example-groups/1"
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SFTConfig":
@@ -178,6 +193,7 @@ class SFTConfig:
         data["target_modules"] = list(self.target_modules)
         data["modules_to_save"] = list(self.modules_to_save)
         data["aspect_loss_weights"] = [[aspect, float(w)] for aspect, w in self.aspect_loss_weights]
+        data["sampler"] = self.SAMPLER
         return data
 
 
@@ -293,17 +309,28 @@ def _load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, d
 # --------------------------------------------------------------------------------------------
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+def example_groups(examples: Sequence[SFTExample]) -> list[list[int]]:
+    """Indices of examples that the sampler keeps together (same ``group``), in first-seen order."""
+    groups: dict[Any, list[int]] = {}
+    for index, example in enumerate(examples):
+        key = ("alone", index) if example.group is None else example.group
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _epoch_order(groups: Sequence[Sequence[int]], seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+    return [index for g in torch.randperm(len(groups), generator=generator).tolist() for index in groups[g]]
 
 
 class _SampleStream:
     """Deterministic shuffled stream over epochs: micro-batch g is a pure function of (seed, g),
-    so a resumed run sees exactly the examples the uninterrupted run would have seen."""
+    so a resumed run sees exactly the examples the uninterrupted run would have seen. Groups
+    are shuffled, their examples stay adjacent (singleton groups: a plain shuffle)."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    def __init__(self, groups: Sequence[Sequence[int]], seed: int) -> None:
+        self.groups, self.seed = groups, seed
+        self.n = sum(len(group) for group in groups)
         self._orders: dict[int, list[int]] = {}
 
     def take(self, start: int, count: int) -> list[int]:
@@ -311,7 +338,7 @@ class _SampleStream:
         for k in range(start, start + count):
             epoch, position = divmod(k, self.n)
             if epoch not in self._orders:
-                self._orders = {epoch: _epoch_order(self.n, self.seed, epoch)}
+                self._orders = {epoch: _epoch_order(self.groups, self.seed, epoch)}
             out.append(self._orders[epoch][position])
         return out
 
@@ -347,24 +374,33 @@ def sft_batch(processor: Any, examples: Sequence[SFTExample]) -> dict[str, torch
     )
 
 
+def _label_logits(
+    model: Any, processor: Any, examples: Sequence[SFTExample], device: str, share_image_prefix: bool
+) -> torch.Tensor:
+    """Logits ``[n, vocab]`` of the token after each example's final input token (its label)."""
+    states = final_token_states(model, processor, [e.image for e in examples], [e.aspect for e in examples],
+                                [e.prompt for e in examples], device, share_image_prefix)
+    return label_logits(model, states)
+
+
 @torch.no_grad()
 def label_probabilities(
-    model: Any, processor: Any, examples: Sequence[SFTExample], batch_size: int = 8, device: str = "cpu"
+    model: Any, processor: Any, examples: Sequence[SFTExample], batch_size: int = 8, device: str = "cpu",
+    share_image_prefix: bool = True,
 ) -> torch.Tensor:
-    """P(high) from the two label logits at the final input token, one per example."""
+    """P(high) from the two label logits at the final input token, one per example. Examples
+    about the same image object share its prefix pass; ``batch_size`` rows per forward pass."""
     ids = label_token_ids(processor.tokenizer)
     pair = torch.tensor([ids["low"], ids["high"]])
-    dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
-    out: list[torch.Tensor] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        inputs = build_inputs(processor, [e.image for e in chunk], [e.aspect for e in chunk], [e.prompt for e in chunk])
-        logits = model(**move_inputs(inputs, device, dtype), use_cache=False, logits_to_keep=1).logits[:, -1, :]
-        out.append(torch.softmax(logits.float()[:, pair.to(logits.device)], dim=-1)[:, 1].cpu())
+    out = torch.empty(len(examples))
+    share_image_prefix = share_image_prefix and supports_shared_prefix(model)
+    for batch in query_batches([e.image for e in examples], batch_size, share_image_prefix):
+        logits = _label_logits(model, processor, [examples[i] for i in batch], device, share_image_prefix)
+        out[torch.tensor(batch)] = torch.softmax(logits.float()[:, pair.to(logits.device)], dim=-1)[:, 1].cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return out
 
 
 def heldout_accuracy(
@@ -406,11 +442,18 @@ def _resume(
     return int(state["step"]), list(state["loss_curve"])
 
 
-def _label_loss(model: Any, inputs: dict[str, torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """NLL of the single label token (the last column), weighted per example by its aspect."""
-    labels = inputs.pop("labels")
-    logits = model(**inputs, use_cache=False).logits[:, -2, :]  # position -2 predicts the label
-    nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, -1], reduction="none")
+def _label_loss(
+    model: Any, processor: Any, batch: Sequence[SFTExample], weights: Sequence[float], device: str,
+    share_image_prefix: bool = True,
+) -> torch.Tensor:
+    """NLL of each example's label token given its question, weighted per example by its aspect.
+
+    With ``share_image_prefix`` the questions about one image run from one prefix pass and the
+    gradient of all of them flows through it; the loss equals the one-row-per-question loss."""
+    ids = label_token_ids(processor.tokenizer)
+    logits = _label_logits(model, processor, batch, device, share_image_prefix)
+    target = torch.tensor([ids[e.label] for e in batch], device=logits.device)
+    nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
     weight = torch.tensor(weights, dtype=nll.dtype, device=nll.device)
     return (nll * weight).sum() / weight.sum().clamp_min(1e-8)
 
@@ -427,12 +470,11 @@ def _train_steps(
     ckpt_root: Path,
     run_key: dict,
     device: str,
-    dtype: torch.dtype,
     trainable: list[torch.nn.Parameter],
     say: Callable[[str], None],
 ) -> None:
     """Optimizer steps ``steps``, appending to ``loss_curve`` and checkpointing as configured."""
-    stream = _SampleStream(len(examples), cfg.seed)
+    stream = _SampleStream(example_groups(examples), cfg.seed)
     weights = dict(cfg.aspect_loss_weights)
     total_steps = steps.stop
     model.train()
@@ -445,8 +487,8 @@ def _train_steps(
         for micro in range(cfg.grad_accum):
             indices = stream.take((step * cfg.grad_accum + micro) * cfg.batch_size, cfg.batch_size)
             batch = [examples[i] for i in indices]
-            inputs = move_inputs(sft_batch(processor, batch), device, dtype)
-            loss = _label_loss(model, inputs, [weights[e.aspect] for e in batch])
+            loss = _label_loss(model, processor, batch, [weights[e.aspect] for e in batch], device,
+                               cfg.share_image_prefix)
             (loss / cfg.grad_accum).backward()
             micro_losses.append(float(loss.detach()))
         if cfg.max_grad_norm:
@@ -516,7 +558,6 @@ def tune_backbone(
             ckpt_root=ckpt_root,
             run_key=run_key,
             device=device,
-            dtype=dtype,
             trainable=trainable,
             say=say,
         )

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.critic.backbone import load_backbone
+from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.evaluation.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.critic.bundle import (
     ADAPTER_DIR,
@@ -144,6 +145,23 @@ def test_scores_do_not_depend_on_batch_size(scorer: ELIQScorer) -> None:
         other = np.array([[vis, np.nan if ali is None else ali] for vis, ali in runs[size]])
         np.testing.assert_allclose(other, reference, rtol=0, atol=1e-5, equal_nan=True)
     assert scorer.score([], []) == []
+
+
+def test_embed_encodes_each_image_once_and_equals_per_question_rows(scorer: ELIQScorer) -> None:
+    batch = images(SIZES, seed=4)
+    encoded: list[int] = []
+    hook = scorer.model.get_base_model().model.visual.register_forward_hook(
+        lambda _m, _a, kwargs, _o: encoded.append(len(kwargs["grid_thw"])), with_kwargs=True)
+    try:
+        z_tec, z_aes, z_ali = scorer.embed(batch, PROMPTS, batch_size=3)
+    finally:
+        hook.remove()
+    assert sum(encoded) == len(batch)  # three questions, one vision encode per image
+    ali_prompts = [p if p else NEUTRAL_PROMPT for p in PROMPTS]
+    for aspect, z in (("tec", z_tec), ("aes", z_aes), ("ali", z_ali)):
+        rows = extract_aspect_embeddings(scorer.model, scorer.processor, batch, [aspect] * len(batch), ali_prompts,
+                                         batch_size=1, share_image_prefix=False)
+        assert torch.allclose(z, rows, atol=1e-5, rtol=0), aspect
 
 
 def test_calibration_is_monotonic_and_maps_to_the_mos_range(scorer: ELIQScorer, tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_alignment_depends_on_prompt_and_tec_does_not(backbone) -> None:
         ["a photo of a cat", "a photo of a spaceship", "a photo of a cat", "a photo of a spaceship"],
     )
     assert not torch.allclose(z[0], z[1], atol=1e-4)
-    assert torch.equal(z[2], z[3])
+    assert torch.allclose(z[2], z[3], atol=1e-6, rtol=0)  # two suffixes of one packed row: float noise only
     no_prompt = extract_aspect_embeddings(model, processor, [image], ["tec"], [None])
     assert torch.allclose(no_prompt[0], z[2], atol=1e-5)  # batch 1 vs a padded batch of 4
     with pytest.raises(ValueError):
@@ -133,7 +133,7 @@ def test_an_over_long_prompt_is_cut_to_fit_the_backbone(backbone, capfd) -> None
     inputs = build_inputs(processor, [image], ["ali"], [long], add_label=["high"])
     assert inputs["input_ids"].shape[1] <= limit
     z = extract_aspect_embeddings(model, processor, [image, image], ["ali", "ali"], [long, fit.text])
-    assert torch.equal(z[0], z[1])  # the long prompt is embedded as its kept part
+    assert torch.allclose(z[0], z[1], atol=1e-5, rtol=0)  # the long prompt is embedded as its kept part
     assert capfd.readouterr().err == ""  # no tokenizer warning about the sequence length
 
     # A tokenizer that states no limit cuts nothing.

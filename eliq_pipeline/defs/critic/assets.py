@@ -42,7 +42,7 @@ def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path
     return Path(profile.home) / "work" / era / "outputs" / name
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-1", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-2", pool="gpu")
 def tuned_mllm(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource,
