@@ -8,7 +8,8 @@ fresh ELIQ_HOME and DAGSTER_HOME -- with this checkout's virtualenv (so both sid
 libraries). The `before` side imports the package from a temporary `git worktree` of that
 revision (PYTHONPATH comes before the editable install); the `after` side is this working tree.
 Sides alternate (before, after, before, ...) so machine drift hits both. Prints each wall time
-and the ratio of the medians. Run it alone: the machine has 2 cores.
+and the ratio of the medians, and the
+seconds of each asset step (from the Dagster instance) of the first round. Run it alone: the machine has 2 cores.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def _demo(tree: Path, home: Path, log: Path) -> float:
     return seconds
 
 
+def _step_seconds(dagster_home: Path) -> dict[str, float]:
+    """Seconds per asset step over all runs of a demo home, from its Dagster instance."""
+    from dagster import DagsterInstance
+
+    seconds: dict[str, float] = {}
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        for run in instance.get_runs():
+            for stat in instance.get_run_step_stats(run.run_id):
+                if stat.start_time and stat.end_time:
+                    seconds[stat.step_key] = seconds.get(stat.step_key, 0.0) + stat.end_time - stat.start_time
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git revision of the 'before' side")
@@ -59,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.check_call(["git", "worktree", "add", "--detach", str(before_tree), options.before], cwd=REPO,
                           stdout=subprocess.DEVNULL)
     times: dict[str, list[float]] = {"before": [], "after": []}
+    steps: dict[str, dict[str, float]] = {}
     try:
         for round_ in range(options.rounds):
             for side, tree in (("before", before_tree), ("after", REPO)):
                 home = tmp / f"{side}-{round_}"
                 seconds = _demo(tree, home, tmp / f"{side}-{round_}.log")
                 times[side].append(seconds)
+                if round_ == 0:
+                    steps[side] = _step_seconds(home / "dagster")
                 print(f"{side:6} round {round_ + 1}: {seconds:7.1f} s", flush=True)
                 if not options.keep:
                     shutil.rmtree(home, ignore_errors=True)
@@ -72,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.call(["git", "worktree", "remove", "--force", str(before_tree)], cwd=REPO)
         if not options.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'asset step (round 1)':34} {'before s':>9} {'after s':>9}")
+    for key in sorted(set(steps["before"]) | set(steps["after"])):
+        print(f"{key:34} {steps['before'].get(key, float('nan')):9.1f} {steps['after'].get(key, float('nan')):9.1f}")
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
     print(f"make demo (eliq materialize, tiny profile): before {options.before} {before:.1f} s, "
           f"after (this tree) {after:.1f} s, ratio before/after {before / after:.2f}x")

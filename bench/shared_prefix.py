@@ -15,7 +15,8 @@ about 40 text tokens per question). Two stages:
 
 Every (shape, stage, path) runs in its own subprocess: peak memory is that process's peak RSS
 (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA) above what it held after loading the model.
-The first pass is a warm-up and is not timed.
+The first pass is a warm-up and is not timed; then at least ``--repeats`` passes (SFT: steps)
+and ``--min-seconds`` are timed.
 """
 
 from __future__ import annotations
@@ -118,16 +119,18 @@ def _measure(args: dict, queue) -> None:
         base = _rss_mib()
     work()  # warm-up (its memory peak counts, its time does not)
     sync()
-    done, start = 0, time.perf_counter()
-    for _ in range(args["repeats"]):
+    # At least `repeats` passes and `min_seconds` of them: tiny steps take milliseconds.
+    done, passes, start = 0, 0, time.perf_counter()
+    while passes < args["repeats"] or time.perf_counter() - start < args["min_seconds"]:
         done += work()
-    sync()
+        passes += 1
+        sync()
     seconds = time.perf_counter() - start
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    queue.put({"per_s": done / seconds, "seconds": seconds / args["repeats"], "peak_mib": peak})
+    queue.put({"per_s": done / seconds, "seconds": seconds / passes, "peak_mib": peak})
 
 
 def _run(args: dict) -> dict:
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8, help="questions per forward pass / SFT micro-batch")
     parser.add_argument("--sft-steps", type=int, default=3, help="timed SFT steps")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes over the embedding images")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="least timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     options = parser.parse_args(argv)
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     measured[share] = _run({
                         "backbone": backbone, "device": options.device, "share": share, "stage": stage,
                         "side": side, "max_pixels": max_pixels, "images": options.images, "rows": options.rows,
-                        "repeats": repeats, "threads": options.threads})
+                        "repeats": repeats, "threads": options.threads,
+                        "min_seconds": options.min_seconds})
                 ratio = measured[True]["per_s"] / measured[False]["per_s"]
                 print(f"{shape:30} {stage:11} {measured[False]['per_s']:9.1f} {unit:4} {measured[True]['per_s']:9.1f} "
                       f"{unit:4} {ratio:5.2f}x {measured[False]['peak_mib']:19.0f} {measured[True]['peak_mib']:7.0f}",

@@ -6,13 +6,15 @@ that keeps gradients; the model, its attention kernels and its M-RoPE index are 
 Each question about an image is the chat row ``[header, image tokens] + [instruction, assistant
 header]``. The image part comes first and, under causal attention, its hidden states do not
 depend on the question that follows, so asking k questions needs one vision encode and one
-prefix pass, plus k short suffixes. This module packs one row per image::
+prefix pass, plus k short suffixes. This module packs each image with its questions::
 
-    [left padding | prefix | suffix_1 | suffix_2 | ... | suffix_k]
+    [prefix | suffix_1 | suffix_2 | ... | suffix_k]
 
 with a block attention mask (the prefix is causal; each suffix sees the whole prefix and itself
-causally, never another suffix; padding is seen by nothing) and M-RoPE positions in which every
-suffix continues from the prefix exactly as it does in its own row. The final hidden state of
+causally, never another suffix nor another image; padding is seen by nothing) and M-RoPE
+positions in which every suffix continues from the prefix exactly as it does in its own row.
+Images asked few questions share a row with others (first-fit into rows as long as the
+longest image's), so uneven question counts do not turn into padding. The final hidden state of
 each suffix is then the per-question state (equal up to float summation order).
 
 Why packing and not a KV cache of the prefix: the arithmetic is the same (the prefix runs once;
@@ -79,7 +81,7 @@ def question_text(processor: Any, aspect: str, prompt: str | None) -> str:
 
 @dataclass
 class PackedQueries:
-    """Model inputs with one packed row per image, and where each question's final token is."""
+    """Packed model inputs (rows of images with their questions) and where each question's final token is."""
 
     inputs: dict[str, torch.Tensor]
     rows: torch.Tensor  # [n_queries] packed row of each question
@@ -143,53 +145,79 @@ def pack_queries(
     prefix_positions = _rope_index(trunk, prefix_ids, prefix_mask.long(), prefix["image_grid_thw"], types)
 
     lengths = [int(prefix_mask[i].sum()) + sum(len(s) for s in suffixes[i]) for i in range(len(images))]
+    layout = _pack_rows(lengths)
     width = max(lengths)
-    batch = len(images)
     pad_id = processor.tokenizer.pad_token_id
-    input_ids = torch.full((batch, width), pad_id, dtype=prefix_ids.dtype)
-    positions = torch.zeros((3, batch, width), dtype=prefix_positions.dtype)
-    segment = torch.full((batch, width), -1, dtype=torch.long)  # -1 padding, 0 prefix, j>0 suffix j
-    rows, columns = [], []
-    for i in range(batch):
-        ids = prefix_ids[i][prefix_mask[i]]
-        start = width - lengths[i]  # left padding keeps the batch's rows right-aligned
-        stop = start + len(ids)
-        input_ids[i, start:stop] = ids
-        positions[:, i, start:stop] = prefix_positions[:, i, prefix_mask[i]]
-        segment[i, start:stop] = 0
-        # Text after the image continues one past the prefix's largest position (as get_rope_index does).
-        next_position = int(prefix_positions[:, i, prefix_mask[i]].max()) + 1
-        for j, suffix in enumerate(suffixes[i], start=1):
-            span = slice(stop, stop + len(suffix))
-            input_ids[i, span] = torch.tensor(suffix, dtype=input_ids.dtype)
-            positions[:, i, span] = torch.arange(next_position, next_position + len(suffix))
-            segment[i, span] = j
-            stop += len(suffix)
-            rows.append(i)
-            columns.append(stop - 1)
+    input_ids = torch.full((len(layout), width), pad_id, dtype=prefix_ids.dtype)
+    positions = torch.zeros((3, len(layout), width), dtype=prefix_positions.dtype)
+    owner = torch.full((len(layout), width), -1, dtype=torch.long)  # image of each token, -1 padding
+    segment = torch.zeros((len(layout), width), dtype=torch.long)  # 0 prefix, j suffix j
+    rows, columns = [0] * sum(len(s) for s in suffixes), [0] * sum(len(s) for s in suffixes)
+    first_query = [sum(len(s) for s in suffixes[:i]) for i in range(len(images))]
+    for r, members in enumerate(layout):
+        stop = width - sum(lengths[i] for i in members)  # left padding keeps rows right-aligned
+        for i in members:
+            ids = prefix_ids[i][prefix_mask[i]]
+            start, stop = stop, stop + len(ids)
+            input_ids[r, start:stop] = ids
+            positions[:, r, start:stop] = prefix_positions[:, i, prefix_mask[i]]
+            owner[r, start:stop] = i
+            # Text after the image continues one past the prefix's largest position (as get_rope_index does).
+            next_position = int(prefix_positions[:, i, prefix_mask[i]].max()) + 1
+            for j, suffix in enumerate(suffixes[i], start=1):
+                span = slice(stop, stop + len(suffix))
+                input_ids[r, span] = torch.tensor(suffix, dtype=input_ids.dtype)
+                positions[:, r, span] = torch.arange(next_position, next_position + len(suffix))
+                owner[r, span], segment[r, span] = i, j
+                stop += len(suffix)
+                rows[first_query[i] + j - 1], columns[first_query[i] + j - 1] = r, stop - 1
 
+    # The vision tower's outputs fill image tokens in row-major order: give it the images so.
+    order = [i for members in layout for i in members]
+    grid = prefix["image_grid_thw"]
+    patches = torch.split(prefix["pixel_values"], grid.prod(-1).tolist())
     inputs = {
         "input_ids": input_ids,
-        "attention_mask": block_attention_mask(segment, dtype),
+        "attention_mask": block_attention_mask(owner, segment, dtype),
         "position_ids": positions,
-        "pixel_values": prefix["pixel_values"],
-        "image_grid_thw": prefix["image_grid_thw"],
+        "pixel_values": torch.cat([patches[i] for i in order]),
+        "image_grid_thw": grid[order],
     }
     return PackedQueries(inputs, torch.tensor(rows), torch.tensor(columns))
 
 
-def block_attention_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask ``[batch, 1, length, length]`` from segment ids (-1 pad, 0 prefix, j suffix j).
+def _pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Images per row, first-fit decreasing into rows no longer than the longest image's: an
+    image asked one question then fills the room an image asked four leaves, instead of padding."""
+    capacity = max(lengths)
+    layout: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                layout[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            layout.append([i])
+            room.append(capacity - lengths[i])
+    return layout
 
-    A token sees earlier-or-same tokens of the prefix and of its own segment; a padding token
-    sees only itself (its output is never read; this keeps its softmax finite).
+
+def block_attention_mask(owner: torch.Tensor, segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask ``[rows, 1, length, length]`` from each token's image (``owner``, -1 for
+    padding) and segment (0 prefix, j suffix j).
+
+    A token sees earlier-or-same tokens of its own image's prefix and of its own segment; a
+    padding token sees only itself (its output is never read; this keeps its softmax finite).
     """
-    length = segment.shape[1]
+    length = owner.shape[1]
     order = torch.arange(length)
     causal = order[None, :] <= order[:, None]  # [query, key]
+    same_image = (owner[:, :, None] == owner[:, None, :]) & (owner[:, None, :] >= 0)
     query, key = segment[:, :, None], segment[:, None, :]
-    allowed = causal[None] & (key >= 0) & ((key == 0) | (key == query))
-    allowed |= torch.eye(length, dtype=torch.bool)[None] & (query < 0)
+    allowed = causal[None] & same_image & ((key == 0) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool)[None] & (owner[:, :, None] < 0)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
@@ -216,7 +244,7 @@ def final_token_states(
     share_image_prefix: bool = True,
 ) -> torch.Tensor:
     """Last-layer hidden state ``[n, hidden]`` of each question's final input token, in input
-    order: one packed row per distinct image object (:func:`pack_queries`), or one left-padded
+    order: each distinct image object packed with its questions (:func:`pack_queries`), or one left-padded
     row per question. The two are equal up to float summation order; packing needs a masked
     attention kernel and falls back to rows per question without one. Differentiable: call
     under ``torch.no_grad()`` for inference. ``prompts`` are used for ``ali`` only."""
