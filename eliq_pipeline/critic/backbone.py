@@ -340,6 +340,11 @@ def fit_prompt(processor: Any, prompt: str, reserve: int = 1) -> PromptFit:
     )
 
 
+def question_text(processor: Any, aspect: str, prompt: str | None) -> str:
+    """The chat text asking one aspect question, an alignment prompt cut to fit (:func:`fit_prompt`)."""
+    return _chat_text(processor, aspect, fit_prompt(processor, prompt).text if aspect == "ali" and prompt else prompt)
+
+
 def label_token_ids(tokenizer: Any) -> dict[str, int]:
     """Token id of each answer word; each must be exactly one token (it is the whole target)."""
     ids: dict[str, int] = {}
@@ -372,10 +377,7 @@ def build_inputs(
     if not images:
         raise ValueError("empty batch")
     # An over-long prompt is cut to the backbone's limit (fit_prompt) instead of overrunning it.
-    texts = [
-        _chat_text(processor, aspect, fit_prompt(processor, prompt).text if aspect == "ali" and prompt else prompt)
-        for aspect, prompt in zip(aspects, prompts)
-    ]
+    texts = [question_text(processor, aspect, prompt) for aspect, prompt in zip(aspects, prompts)]
     batch = processor(
         text=texts,
         images=[to_rgb(image) for image in images],

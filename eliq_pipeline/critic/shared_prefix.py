@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.core.images import to_rgb
-from eliq_pipeline.critic.backbone import _chat_text, build_inputs, fit_prompt, move_inputs
+from eliq_pipeline.critic.backbone import build_inputs, move_inputs, question_text
 
 # Attention kernels that honour an arbitrary 4D mask (flash-attention takes none).
 MASKED_ATTENTION_KERNELS = ("eager", "sdpa")
@@ -72,11 +72,6 @@ def group_by_image(images: Sequence[Image.Image]) -> list[list[int]]:
     for index, image in enumerate(images):
         groups.setdefault(id(image), []).append(index)
     return list(groups.values())
-
-
-def question_text(processor: Any, aspect: str, prompt: str | None) -> str:
-    """The chat text of one question, the alignment prompt cut to fit as :func:`build_inputs` does."""
-    return _chat_text(processor, aspect, fit_prompt(processor, prompt).text if aspect == "ali" and prompt else prompt)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eliq_pipeline.critic.backbone import load_backbone
+from eliq_pipeline.critic.backbone import load_backbone, question_text
 from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.instruction_tuning import (
     SFTConfig,
@@ -29,7 +29,6 @@ from eliq_pipeline.critic.shared_prefix import (
     group_by_image,
     multimodal_trunk,
     pack_queries,
-    question_text,
     supports_shared_prefix,
 )
 from eliq_pipeline.tiny.backbone import build_tiny_backbone
