@@ -13,12 +13,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.critic.backbone import ASPECTS
-from eliq_pipeline.critic.shared_prefix import (
-    final_token_states,
-    multimodal_trunk,
-    query_batches,
-    supports_shared_prefix,
-)
+from eliq_pipeline.critic.shared_prefix import batched_final_states, multimodal_trunk
 
 
 def extract_aspect_embeddings(
@@ -50,16 +45,12 @@ def extract_aspect_embeddings(
     unknown = set(aspects) - set(ASPECTS)
     if unknown:
         raise ValueError(f"unknown aspects {sorted(unknown)}; expected {ASPECTS}")
-    share_image_prefix = share_image_prefix and supports_shared_prefix(model)
-    batches = query_batches(images, batch_size, share_image_prefix)
     out = torch.empty(n, multimodal_trunk(model).config.text_config.hidden_size, dtype=torch.float32)
     model.eval()
     done = 0
-    for batch in batches:
-        with torch.no_grad():
-            states = final_token_states(model, processor, [images[i] for i in batch], [aspects[i] for i in batch],
-                                        [prompts[i] for i in batch], device, share_image_prefix)
-        out[torch.tensor(batch)] = states.float().cpu()
+    for batch, states in batched_final_states(model, processor, images, aspects, prompts, batch_size, device,
+                                              share_image_prefix):
+        out[batch] = states.float().cpu()
         done += len(batch)
         if progress is not None:
             progress(done, n)

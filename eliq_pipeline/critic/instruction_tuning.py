@@ -21,12 +21,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.core.atomic import staged_dir
-from eliq_pipeline.critic.shared_prefix import (
-    final_token_states,
-    label_logits,
-    query_batches,
-    supports_shared_prefix,
-)
+from eliq_pipeline.critic.shared_prefix import batched_final_states, final_token_states, label_logits
 from eliq_pipeline.critic.backbone import (
     ASPECTS,
     INSTRUCTIONS,
@@ -395,10 +390,11 @@ def label_probabilities(
     was_training = model.training
     model.eval()
     out = torch.empty(len(examples))
-    share_image_prefix = share_image_prefix and supports_shared_prefix(model)
-    for batch in query_batches([e.image for e in examples], batch_size, share_image_prefix):
-        logits = _label_logits(model, processor, [examples[i] for i in batch], device, share_image_prefix)
-        out[torch.tensor(batch)] = torch.softmax(logits.float()[:, pair.to(logits.device)], dim=-1)[:, 1].cpu()
+    for batch, states in batched_final_states(model, processor, [e.image for e in examples],
+                                              [e.aspect for e in examples], [e.prompt for e in examples],
+                                              batch_size, device, share_image_prefix):
+        logits = label_logits(model, states)
+        out[batch] = torch.softmax(logits.float()[:, pair.to(logits.device)], dim=-1)[:, 1].cpu()
     model.train(was_training)
     return out
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -83,18 +83,16 @@ class PackedQueries:
     columns: torch.Tensor  # [n_queries] column of each question's final input token
 
 
-def _split_at_image(processor: Any, text: str) -> tuple[str, list[int]]:
-    """(prefix text ending with the image placeholder, token ids of the rest)."""
+def _split_at_image(processor: Any, text: str) -> tuple[str, str]:
+    """(prefix text ending with the image placeholder, the rest of the question)."""
     placeholder = processor.image_token
     cut = text.find(placeholder)
     if cut < 0 or text.find(placeholder, cut + 1) >= 0:
         raise ValueError(f"a question must hold exactly one image placeholder {placeholder!r}: {text!r}")
     cut += len(placeholder)
-    # The placeholder is a special token, so the tokenizer splits there: the rest tokenizes alone.
-    suffix = processor.tokenizer(text[cut:], add_special_tokens=False)["input_ids"]
-    if not suffix:
+    if not text[cut:]:
         raise ValueError(f"a question has no text after its image: {text!r}")
-    return text[:cut], list(suffix)
+    return text[:cut], text[cut:]
 
 
 def _rope_index(trunk: Any, ids: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor, types: torch.Tensor | None):
@@ -120,7 +118,7 @@ def pack_queries(
     """
     if len(images) != len(texts) or not images:
         raise ValueError("need one non-empty list of questions per image")
-    prefixes, suffixes = [], []
+    prefixes, rests = [], []
     for i, questions in enumerate(texts):
         if not questions:
             raise ValueError(f"image {i} has no questions")
@@ -128,7 +126,10 @@ def pack_queries(
         if len({prefix for prefix, _ in split}) != 1:
             raise ValueError(f"the questions about image {i} differ before the image; the prefix cannot be shared")
         prefixes.append(split[0][0])
-        suffixes.append([ids for _, ids in split])
+        rests.append([rest for _, rest in split])
+    # The placeholder is a special token, so the tokenizer splits there: the rest tokenizes alone.
+    flat = iter(processor.tokenizer([rest for group in rests for rest in group], add_special_tokens=False)["input_ids"])
+    suffixes = [[list(next(flat)) for _ in group] for group in rests]
 
     prefix = processor(text=prefixes, images=[to_rgb(image) for image in images], padding=True,
                        padding_side="left", return_tensors="pt")
@@ -227,6 +228,26 @@ def query_batches(images: Sequence[Image.Image], batch_size: int, share_image_pr
         groups = group_by_image(images)
         return [sum(groups[g : g + batch_size], []) for g in range(0, len(groups), batch_size)]
     return [list(range(start, min(start + batch_size, len(images)))) for start in range(0, len(images), batch_size)]
+
+
+def batched_final_states(
+    model: Any,
+    processor: Any,
+    images: Sequence[Image.Image],
+    aspects: Sequence[str],
+    prompts: Sequence[str | None],
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    share_image_prefix: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(query indices, their final-token states) per forward pass of ``batch_size`` rows, without
+    gradients: :func:`final_token_states` over :func:`query_batches`."""
+    share_image_prefix = share_image_prefix and supports_shared_prefix(model)
+    for batch in query_batches(images, batch_size, share_image_prefix):
+        with torch.no_grad():
+            states = final_token_states(model, processor, [images[i] for i in batch], [aspects[i] for i in batch],
+                                        [prompts[i] for i in batch], device, share_image_prefix)
+        yield torch.tensor(batch, dtype=torch.long), states
 
 
 def final_token_states(
