@@ -65,9 +65,30 @@ def _sub_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
+# Graded severities: level 1 is mild, level 2 strong (of the same degradation). A from-scratch
+# critic trained only on "clean vs clearly broken" learns shortcuts (a ranking loss of 0 with no
+# transfer to real images); mild levels make it see degradations of the size generators produce.
+# `level=None` keeps each degradation's original range (what the tiny profile always used).
+LEVELS = (1, 2)
+
+
+def _level_range(name: str, ranges: dict[int | None, Any], level: int | None) -> Any:
+    if level not in ranges:
+        raise ValueError(f"{name}: level must be one of {sorted(k for k in ranges if k is not None)} or None, got {level!r}")
+    return ranges[level]
+
+
+def _with_level(used: dict[str, Any], level: int | None) -> dict[str, Any]:
+    """params_used, with the level recorded when one was asked for (it names the severity)."""
+    return used if level is None else {**used, "level": int(level)}
+
+
 # ------------------------------------------------------------------------------------------
 # technical, conventional
 # ------------------------------------------------------------------------------------------
+
+
+_JPEG_LEVELS = {None: ((5, 20), (3, 6)), 1: ((25, 45), (1, 2)), 2: ((5, 20), (3, 6))}
 
 
 @DEGRADATIONS.register("jpeg_recompress", aspect="tec", family="conventional")
@@ -77,14 +98,17 @@ def jpeg_recompress(
     *,
     rounds: int | None = None,
     qualities: list[int] | None = None,
-    quality_range: tuple[int, int] = (5, 20),
-    rounds_range: tuple[int, int] = (3, 6),
+    quality_range: tuple[int, int] | None = None,
+    rounds_range: tuple[int, int] | None = None,
+    level: int | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """Repeated JPEG compression at low qualities (blocking, ringing, lost detail, colour bleeding).
 
     Re-encoding at *different* low qualities keeps adding loss; a single quality would converge
-    after the second round.
+    after the second round. Level 1: one or two rounds at quality 25-45; level 2: 3-6 at 5-20.
     """
+    default_q, default_r = _level_range("jpeg_recompress", _JPEG_LEVELS, level)
+    quality_range, rounds_range = quality_range or default_q, rounds_range or default_r
     if qualities is None:
         if rounds is None:
             rounds = int(rng.integers(rounds_range[0], rounds_range[1] + 1))
@@ -100,7 +124,10 @@ def jpeg_recompress(
         out.save(buffer, format="JPEG", quality=quality, subsampling=2, optimize=False)
         buffer.seek(0)
         out = Image.open(buffer).convert("RGB")
-    return out, {"rounds": len(qualities), "qualities": qualities}
+    return out, _with_level({"rounds": len(qualities), "qualities": qualities}, level)
+
+
+_NOISE_LEVELS = {None: (0.08, 0.2), 1: (0.02, 0.05), 2: (0.08, 0.2)}
 
 
 @DEGRADATIONS.register("gaussian_noise", aspect="tec", family="conventional")
@@ -110,18 +137,66 @@ def gaussian_noise(
     *,
     sigma: float | None = None,
     noise_seed: int | None = None,
-    sigma_range: tuple[float, float] = (0.08, 0.2),
+    sigma_range: tuple[float, float] | None = None,
+    level: int | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """Additive i.i.d. Gaussian noise with std `sigma` on the [0, 1] pixel scale, clipped."""
+    """Additive i.i.d. Gaussian noise with std `sigma` on the [0, 1] pixel scale, clipped.
+    Level 1: sigma 0.02-0.05 (visible grain); level 2: 0.08-0.2."""
     if sigma is None:
-        sigma = float(rng.uniform(*sigma_range))
+        sigma = float(rng.uniform(*(sigma_range or _level_range("gaussian_noise", _NOISE_LEVELS, level))))
     if noise_seed is None:
         noise_seed = _sub_seed(rng)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     array = _to_float(image)
     noise = np.random.default_rng(noise_seed).normal(0.0, sigma, size=array.shape)
-    return _from_float(array + noise), {"sigma": float(sigma), "noise_seed": int(noise_seed)}
+    return _from_float(array + noise), _with_level({"sigma": float(sigma), "noise_seed": int(noise_seed)}, level)
+
+
+_BLUR_LEVELS = {None: (0.006, 0.016), 1: (0.003, 0.006), 2: (0.008, 0.016)}
+_MIN_BLUR_PX = 0.6  # below this a blur of a small image rounds back to the same pixels
+
+
+@DEGRADATIONS.register("gaussian_blur", aspect="tec", family="conventional")
+def gaussian_blur(
+    image: Image.Image,
+    rng: np.random.Generator,
+    *,
+    sigma_fraction: float | None = None,
+    level: int | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """Gaussian blur (defocus, over-smoothed generator output) with std `sigma_fraction` of the
+    short side, so a level means the same look at every resolution (level 1 at 256 px: 0.8-1.5 px;
+    level 2: 2-4 px), and at least 0.6 px (a smaller one leaves a small image unchanged)."""
+    if sigma_fraction is None:
+        sigma_fraction = float(rng.uniform(*_level_range("gaussian_blur", _BLUR_LEVELS, level)))
+    if sigma_fraction <= 0:
+        raise ValueError(f"sigma_fraction must be > 0, got {sigma_fraction}")
+    sigma = max(sigma_fraction * min(image.size), _MIN_BLUR_PX)
+    array = ndimage.gaussian_filter(_to_float(image), sigma=(sigma, sigma, 0), mode="reflect")
+    return _from_float(array), _with_level({"sigma_fraction": float(sigma_fraction)}, level)
+
+
+_DOWNSCALE_LEVELS = {None: (2.5, 6.0), 1: (1.6, 2.5), 2: (3.0, 6.0)}
+
+
+@DEGRADATIONS.register("downscale_upscale", aspect="tec", family="conventional")
+def downscale_upscale(
+    image: Image.Image,
+    rng: np.random.Generator,
+    *,
+    factor: float | None = None,
+    level: int | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """Downscale by `factor` (box filter) and upscale back (bilinear): the soft, detail-less look of
+    a low-resolution render upscaled to the target size."""
+    if factor is None:
+        factor = float(rng.uniform(*_level_range("downscale_upscale", _DOWNSCALE_LEVELS, level)))
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1, got {factor}")
+    w, h = image.size
+    small = image.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.BOX)
+    return small.resize((w, h), Image.BILINEAR), _with_level({"factor": float(factor)}, level)
 
 
 # ------------------------------------------------------------------------------------------
@@ -238,6 +313,58 @@ def offline_aesthetic_edit(
     return out, {"ops": used}
 
 
+def _exposure_shift(image: Image.Image, rng: np.random.Generator, p: dict[str, Any]) -> Image.Image:
+    """Under- or over-exposure: a gamma curve (gamma > 1 darkens, < 1 washes out) applied to all channels."""
+    _param(p, "gamma", lambda: _signed_log(0.3, 0.8)(rng))
+    return _from_float(_to_float(image) ** p["gamma"])
+
+
+def _uniform(low: float, high: float) -> Callable[[np.random.Generator], float]:
+    return lambda rng: float(rng.uniform(low, high))
+
+
+def _signed_log(low: float, high: float) -> Callable[[np.random.Generator], float]:
+    """exp(+-u), u uniform in [low, high]: a factor whose size, not direction, is the severity."""
+    return lambda rng: float(np.exp(rng.uniform(low, high) * rng.choice([-1.0, 1.0])))
+
+
+# Graded single edits (one look each, level 1 mild, level 2 strong): op, and per parameter the
+# distribution and its range per level. Parameters not listed are drawn by the op (a cast's tint).
+GRADED_EDITS: dict[str, tuple[Callable[[Image.Image, np.random.Generator, dict[str, Any]], Image.Image],
+                              dict[str, tuple[Callable[[float, float], Callable[[np.random.Generator], float]],
+                                              dict[int | None, tuple[float, float]]]]]] = {
+    "colour_cast": (_colour_cast, {"strength": (_uniform, {None: (0.2, 0.4), 1: (0.1, 0.18), 2: (0.25, 0.45)})}),
+    "desaturate": (_desaturate, {"factor": (_uniform, {None: (0.1, 0.4), 1: (0.45, 0.65), 2: (0.05, 0.3)})}),
+    "contrast_crush": (_contrast_crush, {"factor": (_uniform, {None: (0.35, 0.6), 1: (0.6, 0.75), 2: (0.3, 0.5)}),
+                                         "brightness": (_uniform, {None: (0.75, 1.25), 1: (0.9, 1.1), 2: (0.75, 1.25)})}),
+    "exposure_shift": (_exposure_shift, {"gamma": (_signed_log, {None: (0.3, 0.8), 1: (0.2, 0.35), 2: (0.5, 0.9)})}),
+}
+_OP_DRAWN = {"colour_cast": {"tint"}}  # parameters an op draws itself (any level)
+
+
+def _graded_edit(name: str) -> Degradation:
+    op, ranges = GRADED_EDITS[name]
+
+    def edit(image: Image.Image, rng: np.random.Generator, *, level: int | None = None,
+             **params: Any) -> tuple[Image.Image, dict[str, Any]]:
+        unknown = set(params) - set(ranges) - _OP_DRAWN.get(name, set())
+        if unknown:
+            raise TypeError(f"{name}: unknown parameter(s) {sorted(unknown)}")
+        p = dict(params)
+        for key, (distribution, per_level) in ranges.items():
+            draw = distribution(*_level_range(name, per_level, level))
+            _param(p, key, lambda draw=draw: draw(rng))
+        return to_rgb(op(to_rgb(image), rng, p)), _with_level(p, level)
+
+    edit.__name__ = name
+    edit.__doc__ = f"{(op.__doc__ or name).strip()} Graded: level 1 mild, level 2 strong."
+    return edit
+
+
+for _name in GRADED_EDITS:
+    DEGRADATIONS.register(_name, aspect="aes", family="conventional")(_graded_edit(_name))
+
+
 # ------------------------------------------------------------------------------------------
 # measurables (used by asset checks and tests)
 # ------------------------------------------------------------------------------------------
@@ -294,3 +421,25 @@ def blockiness(image: Image.Image, block: int = 8) -> float:
     boundary = np.concatenate([dx[:, at_x].ravel(), dy[at_y, :].ravel()]).mean()
     inside = np.concatenate([dx[:, ~at_x].ravel(), dy[~at_y, :].ravel()]).mean()
     return float(boundary / max(inside, 1e-8))
+
+
+def contrast(image: Image.Image) -> float:
+    """RMS contrast: std of the grey image on the [0, 1] scale."""
+    return float(_grey(image).std())
+
+
+def brightness(image: Image.Image) -> float:
+    """Mean grey level on the [0, 1] scale."""
+    return float(_grey(image).mean())
+
+
+def mean_chroma(image: Image.Image) -> np.ndarray:
+    """Mean opponent colour (rg, yb) on the 0-255 scale: (0, 0) is neutral grey on average."""
+    rgb = np.asarray(to_rgb(image), dtype=np.float64)
+    return np.array([(rgb[..., 0] - rgb[..., 1]).mean(), (0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]).mean()])
+
+
+def colour_shift(image: Image.Image, reference: Image.Image) -> float:
+    """How far a tint moved the mean opponent colour from the reference's (0-255 scale). A pair
+    measurable: a cast is a change of colour balance, which one image alone cannot show."""
+    return float(np.hypot(*(mean_chroma(image) - mean_chroma(reference))))

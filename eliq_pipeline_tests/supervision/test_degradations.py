@@ -11,8 +11,12 @@ from eliq_pipeline.supervision.degradations import (
     DEGRADATIONS,
     FAMILIES,
     apply_degradation,
+    LEVELS,
     blockiness,
+    brightness,
+    colour_shift,
     colourfulness,
+    contrast,
     degradations_for,
     gaussian_noise,
     jpeg_recompress,
@@ -48,8 +52,10 @@ def test_registry_entries_have_aspect_and_family() -> None:
     for name in DEGRADATIONS.names():
         meta = DEGRADATIONS.meta(name)
         assert meta["aspect"] in ASPECTS and meta["family"] in FAMILIES
-    assert degradations_for("tec", "conventional") == ["gaussian_noise", "jpeg_recompress"]
-    assert degradations_for("aes") == ["offline_aesthetic_edit"]
+    assert degradations_for("tec", "conventional") == [
+        "downscale_upscale", "gaussian_blur", "gaussian_noise", "jpeg_recompress"]
+    assert degradations_for("aes") == [
+        "colour_cast", "contrast_crush", "desaturate", "exposure_shift", "offline_aesthetic_edit"]
 
 
 @pytest.mark.parametrize("kind", sorted(IMAGES))
@@ -151,3 +157,54 @@ def test_measurables() -> None:
         ndimage.gaussian_filter(np.asarray(IMAGES["detailed"]), sigma=(1.5, 1.5, 0)).astype(np.uint8)
     )
     assert sharpness(blurred) < 0.5 * sharpness(IMAGES["detailed"])
+
+
+# graded degradation -> (measurable, sign): level 2 must move it further than level 1, and both in
+# the intended direction (sign 0: either direction, by magnitude)
+GRADED = {
+    "jpeg_recompress": (blockiness, +1),
+    "gaussian_noise": (noise_level, +1),
+    "gaussian_blur": (sharpness, -1),
+    "downscale_upscale": (sharpness, -1),
+    "colour_cast": (None, +1),  # a pair measurable: colour_shift(out, image)
+    "desaturate": (colourfulness, -1),
+    "contrast_crush": (contrast, -1),
+    "exposure_shift": (brightness, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADED))
+def test_graded_levels_are_ordered_by_their_measurable(name: str) -> None:
+    measure, sign = GRADED[name]
+    image = IMAGES["detailed"]
+    if measure is None:
+        measure, base = (lambda out: colour_shift(out, image)), 0.0
+    else:
+        base = measure(image)
+    for seed in range(3):
+        moved = {}
+        for level in LEVELS:
+            out, params = apply_degradation(name, image, np.random.default_rng(seed), level=level)
+            assert params["level"] == level
+            delta = measure(out) - base
+            moved[level] = abs(delta) if sign == 0 else sign * delta
+            assert moved[level] > 0, (name, level, seed, delta)
+            # the recorded params alone (with the level) reproduce it
+            again, _ = apply_degradation(name, image, np.random.default_rng(99), **params)
+            assert np.array_equal(np.asarray(out), np.asarray(again))
+        assert moved[2] > moved[1], (name, seed, moved)
+
+
+def test_ungraded_calls_draw_as_before() -> None:
+    """level=None keeps each degradation's original range and draws: the tiny profile's cached
+    negatives stay valid."""
+    out, params = gaussian_noise(IMAGES["smooth"], np.random.default_rng(0))
+    assert "level" not in params and 0.08 <= params["sigma"] <= 0.2
+    _, jpeg = jpeg_recompress(IMAGES["smooth"], np.random.default_rng(0))
+    assert "level" not in jpeg and 3 <= jpeg["rounds"] <= 6
+
+
+@pytest.mark.parametrize("name", sorted(GRADED))
+def test_unknown_level_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="level"):
+        apply_degradation(name, IMAGES["smooth"], np.random.default_rng(0), level=3)

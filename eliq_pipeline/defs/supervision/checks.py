@@ -46,18 +46,31 @@ def negatives_differ_from_positives(negative_images: pa.Table, prompts: pa.Table
                                                           "first_failures": dg.MetadataValue.json(same[:5])})
 
 
-# method -> (measurable, +1 if the negative should raise it / -1 lower it)
+# method -> (measurable, +1 if the negative should raise it / -1 lower it / 0 move it either way)
 INTENDED_DIRECTION = {
     "gaussian_noise": ("noise_level", +1),
     "jpeg_recompress": ("blockiness", +1),
+    "gaussian_blur": ("sharpness", -1),
+    "downscale_upscale": ("sharpness", -1),
+    "colour_cast": ("colour_shift", +1),  # pair measurable: colour_shift(negative, positive)
+    "desaturate": ("colourfulness", -1),
+    "contrast_crush": ("contrast", -1),
+    "exposure_shift": ("brightness", 0),  # gamma > 1 darkens, < 1 brightens
     "degraded_prompt": ("sharpness", -1),
     "premature_decode": ("noise_level", +1),
 }
+PAIR_MEASURABLES = ("colour_shift",)  # measured on (negative, positive) together
+CONVENTIONAL_CHECKED = tuple(m for m in INTENDED_DIRECTION if m not in ("degraded_prompt", "premature_decode"))
+
+
+def _moved(sign: int, delta: float) -> bool:
+    return abs(delta) > 1e-3 if sign == 0 else sign * delta > 0
 
 
 @era_asset_check(asset=negative_images, description=(
     "Each negative moves its measurable in the intended direction (noise raises the noise estimate, "
-    "JPEG raises blockiness, ...); fails when a conventional method does so for under 90% of negatives."))
+    "JPEG raises blockiness, blur lowers sharpness, ...; per severity level when graded); fails when a "
+    "conventional method does so for under 90% of negatives."))
 def negatives_move_in_intended_direction(negative_images: pa.Table, artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
     from eliq_pipeline.supervision import degradations
 
@@ -68,11 +81,16 @@ def negatives_move_in_intended_direction(negative_images: pa.Table, artifacts: A
         if row["method"] not in INTENDED_DIRECTION or not row["image_sha256"]:
             continue
         name, sign = INTENDED_DIRECTION[row["method"]]
-        measure = getattr(degradations, name)
-        delta = measure(get_image(store, row["image_sha256"])) - measure(get_image(store, row["positive_sha256"]))
-        measured.setdefault(row["method"], []).append(sign * delta > 0)
+        negative, positive = get_image(store, row["image_sha256"]), get_image(store, row["positive_sha256"])
+        if name in PAIR_MEASURABLES:
+            delta = getattr(degradations, name)(negative, positive)
+        else:
+            measure = getattr(degradations, name)
+            delta = measure(negative) - measure(positive)
+        key = row["method"] if row.get("severity") is None else f"{row['method']}@{row['severity']}"
+        measured.setdefault(key, []).append(_moved(sign, delta))
     fractions = {m: round(sum(v) / len(v), 3) for m, v in sorted(measured.items())}
-    conventional = {m: f for m, f in fractions.items() if m in ("gaussian_noise", "jpeg_recompress")}
+    conventional = {m: f for m, f in fractions.items() if m.split("@")[0] in CONVENTIONAL_CHECKED}
     return dg.AssetCheckResult(
         passed=all(f >= 0.9 for f in conventional.values()), severity=dg.AssetCheckSeverity.WARN,
         metadata={"fraction_in_intended_direction": dg.MetadataValue.json(fractions),
