@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eliq_pipeline.core.eras import ErasFileError, append_era, load_eras
+from eliq_pipeline.core.eras import ErasFileError, append_era, eras_variables, load_eras
 from eliq_pipeline.defs.resources.warehouse import SCORES_COLUMNS
 from eliq_pipeline.score_cli import register as register_scoring
 
@@ -21,7 +21,7 @@ def default_eras_path() -> Path:
 
 
 def _eras_list(args: argparse.Namespace) -> int:
-    registry = load_eras(args.eras)
+    registry = load_eras(args.eras, eras_variables())
     status = _partition_status()
     unknown = "-" if status is None else "not registered"
     print(f"{'era':<16} {'seed':>4}  {'positive generators':<28} {'low-quality':<16} {'editor':<10} status")
@@ -47,7 +47,7 @@ def _eras_add(args: argparse.Namespace) -> int:
     positives = [g.strip() for g in args.positive_generators.split(",") if g.strip()] if args.positive_generators else None
     era = append_era(args.eras, args.name, like=args.like, positive_generators=positives,
                      profile=os.environ.get("ELIQ_PROFILE", "tiny"),
-                     s3_endpoint=os.environ.get("ELIQ_S3_ENDPOINT") or None)
+                     s3_endpoint=os.environ.get("ELIQ_S3_ENDPOINT") or None, variables=eras_variables())
     print(f"added era {era.name} to {args.eras}: positives {', '.join(era.positive_generators)}, "
           f"low-quality {', '.join(era.low_quality_generators) or '-'}, seed {era.seed}")
     return 0
@@ -65,7 +65,7 @@ def _materialize(args: argparse.Namespace) -> int:
 
     if args.eras:
         os.environ["ELIQ_ERAS"] = str(args.eras)
-    load_eras(args.eras or default_eras_path())  # validate before starting the instance
+    load_eras(args.eras or default_eras_path(), eras_variables())  # validate before starting the instance
     # SIGTERM stops like Ctrl-C: Dagster turns either into a failed run while one is executing,
     # and between runs it is a KeyboardInterrupt.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

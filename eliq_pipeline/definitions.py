@@ -3,11 +3,13 @@ sensor, schedule and env-driven resources."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import dagster as dg
 
+from eliq_pipeline.core.eras import eras_variables
 from eliq_pipeline.defs.automation import era_registry_sensor, weekly_retrain_schedule
 from eliq_pipeline.defs.critic.assets import aspect_embeddings, qqt_model, tuned_mllm
 from eliq_pipeline.defs.critic.checks import qqt_beats_chance
@@ -91,7 +93,8 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
         ),
         "eras": EraRegistryResource(path=str(Path(env.get("ELIQ_ERAS", "eras.yaml")).resolve()),
                                     profile=env.get("ELIQ_PROFILE", "tiny"),
-                                    s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", "")),
+                                    s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", ""),
+                                    variables_json=json.dumps(eras_variables(env), sort_keys=True)),
     }
 
 

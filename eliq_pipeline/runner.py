@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import dagster as dg
 
-from eliq_pipeline.core.eras import check_runnable, load_eras
+from eliq_pipeline.core.eras import check_runnable
 from eliq_pipeline.core.storage import ArtifactStore
 from eliq_pipeline.definitions import ELIQ_ASSETS, build_definitions, eliq_home, resources_from_env
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
@@ -125,7 +125,7 @@ def materialize_eras(
     killed process are failed and their pool slots released first. A SIGINT / SIGTERM ends the
     current run and raises `MaterializeInterrupted` without starting another era."""
     resources = resources_from_env(env)
-    registry = load_eras(resources["eras"].path)  # a malformed file fails here, before any work
+    registry = resources["eras"].load()  # a malformed file (or an unset ${NAME}) fails here, before any work
     names = list(era_names) if era_names else registry.names()
     for name in names:
         registry.era(name)

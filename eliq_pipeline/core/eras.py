@@ -10,6 +10,10 @@ with a message naming the era and the key. Two layers:
     on the machine;
   * `check_runnable(registry, profile, eras)` (before materializing): every generator an era uses
     has a model for the active profile, and `import` sources (folder or `s3://` manifest) exist.
+
+A generator's `model` may name `${NAME}`: `load_eras(path, variables)` replaces it by
+variables[NAME] (the callers pass the ELIQ_* environment variables, `eras_variables()`); an unset
+NAME is an `ErasFileError` saying which variable to set.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -31,6 +36,8 @@ from eliq_pipeline.core.atomic import write_text
 PROFILES = tuple(profiles.PROFILES)  # the profiles a model mapping may name
 OFFLINE_EDITOR = "offline"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# `${NAME}` in a generator's model: replaced by the variable NAME (the ELIQ_* environment variables)
+_VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Era seeds (and generator `seed` / `init_seed` params) must lie in [0, SEED_MAX]. The tightest use:
 # the LoRA sample order seeds torch.Generator with `seed * 1_000_003 + epoch` and torch takes at
@@ -137,6 +144,7 @@ def _ml_rules() -> SimpleNamespace:
         known_params=generators.KNOWN_PARAMS,
         backends=backends.GENERATOR_BACKENDS.names(),
         import_options=import_backend.IMPORT_OPTIONS,
+        on_duplicate=import_backend.ON_DUPLICATE,
         default_manifest=import_backend.DEFAULT_MANIFEST,
         inside_import_folder=import_backend.lexically_inside,
         dtype_ok=dtype_ok,
@@ -163,6 +171,11 @@ def _seed_value(value: Any) -> str | None:
     return None
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    quoted = [repr(choice) for choice in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
 # Value rules for known generator params (the keys themselves come from generators.KNOWN_PARAMS;
 # a known key without a rule here is accepted as is).
 PARAM_RULES: dict[str, Callable[[Any], str | None]] = {
@@ -186,7 +199,7 @@ IMPORT_OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "endpoint_url": _of(str, "a string"),
     "min_side": _positive_int,
     "max_pixels": _positive_int,
-    "on_duplicate": _of(str, "a string"),
+    "on_duplicate": lambda v: None if v in _ml_rules().on_duplicate else _one_of(_ml_rules().on_duplicate),
     "strict": _of(bool, "true or false"),
 }
 
@@ -265,7 +278,19 @@ def _check_roles(path: Path, era: Era, catalog: dict[str, GeneratorEntry]) -> No
                                                  f"model; the tiny editor is {rules.tiny_prefix}{rules.editor_arch}")
 
 
-def _parse_generator(path: Path, gid: Any, raw: Any) -> GeneratorEntry:
+def _substitute(path: Path, where: str, gid: str, value: str, variables: Mapping[str, str]) -> str:
+    """`value` with every `${NAME}` replaced by variables[NAME]; an unset NAME is an error saying to set it."""
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in variables:
+            raise _fail(path, where, f"generator {gid!r}: variable ${{{name}}} is not set; set it "
+                                     f"(export {name}=<folder>) before loading the eras file")
+        return str(variables[name])
+
+    return _VARIABLE_RE.sub(replace, value)
+
+
+def _parse_generator(path: Path, gid: Any, raw: Any, variables: Mapping[str, str] | None = None) -> GeneratorEntry:
     where = f"generators.{gid}"
     if not isinstance(gid, str) or not _NAME_RE.match(gid):
         raise _fail(path, where, "generator id must be a short name of letters, digits, '.', '_' or '-'")
@@ -281,8 +306,10 @@ def _parse_generator(path: Path, gid: Any, raw: Any) -> GeneratorEntry:
     if backend not in backends:
         raise _fail(path, f"{where}.backend", f"unknown backend {backend!r}; known: {', '.join(backends)}")
     model_raw = raw["model"]
+    variables = variables or {}
     if isinstance(model_raw, str):
-        model = {profile: model_raw for profile in PROFILES}
+        value = _substitute(path, f"{where}.model", gid, model_raw, variables)
+        model = {profile: value for profile in PROFILES}
     else:
         _expect(path, f"{where}.model", model_raw, dict, "model (a string or a mapping profile -> model)")
         bad = set(model_raw) - set(PROFILES)
@@ -290,7 +317,8 @@ def _parse_generator(path: Path, gid: Any, raw: Any) -> GeneratorEntry:
             raise _fail(path, f"{where}.model", f"unknown profile(s) {sorted(bad)}; known: {', '.join(PROFILES)}")
         model = {}
         for profile, value in model_raw.items():
-            model[profile] = _expect(path, f"{where}.model.{profile}", value, str, "model")
+            value = _expect(path, f"{where}.model.{profile}", value, str, "model")
+            model[profile] = _substitute(path, f"{where}.model.{profile}", gid, value, variables)
     params = _expect(path, f"{where}.params", raw.get("params", {}) or {}, dict, "params")
     _check_models(path, gid, backend, model)
     _check_params(path, gid, backend, params)
@@ -348,7 +376,9 @@ def _parse_era(path: Path, index: int, raw: Any, catalog: dict[str, GeneratorEnt
     return era
 
 
-def parse_eras(text: str, path: Path = Path("eras.yaml")) -> EraRegistry:
+def parse_eras(text: str, path: Path = Path("eras.yaml"), variables: Mapping[str, str] | None = None) -> EraRegistry:
+    """Parse and validate an eras file's text; `${NAME}` in a generator's model is replaced by
+    variables[NAME] (an unset NAME is an `ErasFileError`)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -361,7 +391,7 @@ def parse_eras(text: str, path: Path = Path("eras.yaml")) -> EraRegistry:
     if unknown:
         raise _fail(path, "top level", f"unknown key(s) {sorted(unknown)}")
     _expect(path, "generators", raw["generators"], dict, "generators (a mapping id -> generator)")
-    catalog = {gid: _parse_generator(path, gid, entry) for gid, entry in raw["generators"].items()}
+    catalog = {gid: _parse_generator(path, gid, entry, variables) for gid, entry in raw["generators"].items()}
     _expect(path, "eras", raw["eras"], list, "eras (a list)")
     eras: list[Era] = []
     for index, entry in enumerate(raw["eras"]):
@@ -372,7 +402,22 @@ def parse_eras(text: str, path: Path = Path("eras.yaml")) -> EraRegistry:
     return EraRegistry(path=path, generators=catalog, eras=tuple(eras))
 
 
-def load_eras(path: str | Path) -> EraRegistry:
+# Parts of a variable name that mark a secret: such ELIQ_* variables are never put into the eras
+# resource's config (which the UI's resource page and run snapshots show).
+_SECRET_NAME_PARTS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+def eras_variables(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables an eras file's `${NAME}` references may use: every ELIQ_* environment
+    variable, except secrets (a name containing KEY, SECRET, TOKEN, PASSWORD or CREDENTIAL)."""
+    env = os.environ if env is None else env
+    return {name: value for name, value in env.items()
+            if name.startswith("ELIQ_") and not any(part in name.upper() for part in _SECRET_NAME_PARTS)}
+
+
+def load_eras(path: str | Path, variables: Mapping[str, str] | None = None) -> EraRegistry:
+    """The era registry in `path`; `variables` fill the `${NAME}` references of generator models
+    (callers pass the ELIQ_* environment variables)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -380,15 +425,17 @@ def load_eras(path: str | Path) -> EraRegistry:
         raise ErasFileError(f"{path}: era registry not found (set ELIQ_ERAS or run from the project root)") from None
     except UnicodeDecodeError as exc:
         raise ErasFileError(f"{path}: not UTF-8 text: {exc}") from exc
-    return parse_eras(text, path)
+    return parse_eras(text, path, variables)
 
 
 def append_era(path: str | Path, name: str, like: str, positive_generators: list[str] | None = None,
-               profile: str | None = None, s3_endpoint: str | None = None) -> Era:
+               profile: str | None = None, s3_endpoint: str | None = None,
+               variables: Mapping[str, str] | None = None) -> Era:
     """Append an era copied from `like` (optionally with other positives); validates before writing,
-    and with `profile` also checks that the new era can run on it (`check_runnable`)."""
+    and with `profile` also checks that the new era can run on it (`check_runnable`). `variables`
+    as for `load_eras`; the file keeps its `${NAME}` references."""
     path = Path(path)
-    registry = load_eras(path)
+    registry = load_eras(path, variables)
     template = registry.era(like)
     entry: dict[str, Any] = {
         "name": name,
@@ -402,7 +449,7 @@ def append_era(path: str | Path, name: str, like: str, positive_generators: list
         text += "\n"
     addition = yaml.safe_dump([entry], sort_keys=False, default_flow_style=None)
     new_text = text + "\n".join("  " + line if line else line for line in addition.splitlines()) + "\n"
-    new_registry = parse_eras(new_text, path)  # raises (naming the key) before anything is written
+    new_registry = parse_eras(new_text, path, variables)  # raises (naming the key) before anything is written
     if profile is not None:
         check_runnable(new_registry, profile, [name], s3_endpoint)
     write_text(path, new_text)

@@ -1,5 +1,10 @@
 """Positives and AI-specific negatives rendered by a generator (paper 3.2.2-3.2.3), through the
-image cache: one image per request, reused when the generator, prompt and parameters repeat."""
+image cache: one image per request, reused when the generator, prompt and parameters repeat.
+
+An import source may hold several images of one prompt (several seeds per prompt in a real
+export): `generate_images` turns such a request into one request per image (`image_index`), so
+each becomes its own positive; all of them keep the prompt's id, so prompt-disjoint splits stay
+prompt-disjoint."""
 
 from __future__ import annotations
 
@@ -25,10 +30,12 @@ class Generator(Protocol):
 @runtime_checkable
 class ImageSource(Protocol):
     """A backend serving images made elsewhere (the `import` backend) instead of sampling them:
-    it may have no usable image for a prompt, and says why; `report()` counts what it skipped."""
+    it may have no usable image for a prompt, and says why; `report()` counts what it skipped.
+    A prompt may have several images (`image_count`); `generate` takes the index of each."""
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]: ...
+    def generate(self, prompts: list[str], seeds: list[int], indices: list[int] | None = None) -> list[Image.Image]: ...
     def model_revision(self) -> str: ...
+    def image_count(self, prompt: str) -> int: ...
     def has_image(self, prompt: str) -> bool: ...
     def skip_reason(self, prompt: str) -> str | None: ...
     def report(self) -> Any: ...
@@ -41,6 +48,7 @@ class GenerationRequest:
     params: dict[str, Any]  # steps, guidance, height, width, seed (+ anything backend-specific)
     prompt_text: str | None = None  # defaults to prompt.text (degraded-prompt variants override it)
     stop_step: int | None = None  # decode the latents after this many steps (premature decoding)
+    image_index: int = 0  # which image of the prompt an `ImageSource` serves (several seeds per prompt)
 
     @property
     def text(self) -> str:
@@ -60,10 +68,57 @@ def generate_images(
     Cache entries are written right after each batch, so a crash loses at most one batch. A
     backend that cannot serve a prompt (an `import` manifest without a usable image for it) is
     skipped, not fatal: the request is appended to `skipped` with the reason.
+
+    A request to an `ImageSource` holding k > 1 images of its prompt becomes k requests
+    (`image_index` 0..k-1), each its own row; a request that already names an image_index other
+    than 0 is kept as is. Rows of one generator with the same image content (the same file listed
+    twice) are kept once: the later ones go to `skipped` with reason "duplicate image content".
+    Each generator is loaded once.
     """
-    rows, generated = _generate_aligned(store, requests, load_generator, batch_size, progress, skipped)
-    done_rows = [row for row in rows if row is not None]
-    return done_rows, generated, len(done_rows) - generated
+    load = _memoized(load_generator)
+    rows, generated = _generate_aligned(store, _expand_images(requests, load), load, batch_size, progress, skipped)
+    done_rows = _drop_duplicate_content([row for row in rows if row is not None], skipped)
+    return done_rows, generated, sum(1 for row in done_rows if row["reused"])
+
+
+def _memoized(load_generator: Callable[[str], Generator]) -> Callable[[str], Generator]:
+    loaded: dict[str, Generator] = {}
+
+    def load(gid: str) -> Generator:
+        if gid not in loaded:
+            loaded[gid] = load_generator(gid)
+        return loaded[gid]
+
+    return load
+
+
+def _expand_images(requests: Sequence[GenerationRequest], load: Callable[[str], Generator]) -> list[GenerationRequest]:
+    """One request per image of each prompt an `ImageSource` holds several images of."""
+    out: list[GenerationRequest] = []
+    for request in requests:
+        backend = load(request.generator_id)
+        count = backend.image_count(request.text) if isinstance(backend, ImageSource) else 1
+        if count > 1 and request.image_index == 0:
+            out.extend(replace(request, image_index=k) for k in range(count))
+        else:
+            out.append(request)
+    return out
+
+
+def _drop_duplicate_content(rows: list[dict[str, Any]], skipped: list[dict[str, str]] | None) -> list[dict[str, Any]]:
+    """The rows without a later row of the same generator and image sha256 (the first is kept)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for row in rows:
+        key = (row["generator"], row["image_sha256"])
+        if key in seen:
+            if skipped is not None:
+                skipped.append({"generator": row["generator"], "prompt": row["prompt_used"],
+                                "reason": "duplicate image content"})
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
 
 
 def _generate_aligned(
@@ -98,6 +153,8 @@ def _generate_aligned(
         parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]
         if request.stop_step is not None:
             parts.append({"stop_step": request.stop_step})
+        if request.image_index:  # index 0 (every request before several images per prompt): the key as before
+            parts.append({"image_index": int(request.image_index)})
         key = "cache/generations/" + stable_hash(*parts, GENERATION_CODE_VERSION) + ".json"
         keys.append(key)
         entry = cached_entry(store, key)
@@ -113,7 +170,9 @@ def _generate_aligned(
             chunk = indices[start : start + max(1, batch_size)]
             texts = [requests[i].text for i in chunk]
             seeds = [int(requests[i].params["seed"]) for i in chunk]
-            extra = {} if stop_step is None else {"stop_step": stop_step}
+            extra: dict[str, Any] = {} if stop_step is None else {"stop_step": stop_step}
+            if isinstance(generator(gid), ImageSource):
+                extra["indices"] = [int(requests[i].image_index) for i in chunk]
             images = generator(gid).generate(texts, seeds, **extra)
             for i, image in zip(chunk, images):
                 sha = put_image(store, image)
@@ -135,6 +194,7 @@ def _generation_row(
         "prompt": request.prompt.text,
         "prompt_used": request.text,
         "stop_step": request.stop_step,
+        "image_index": int(request.image_index),
         "category": request.prompt.category,
         "generator": request.generator_id,
         "model_revision": revisions[request.generator_id],

@@ -8,10 +8,22 @@ Over 400 lines: one backend whose bad-input and confinement policy (below) must 
     file                   path of the image, relative to the folder / prefix (required)
     prompt_id and/or prompt   which prompt the image answers (at least one column, per row one value)
     sha256                 optional: hex digest of the file; checked, and part of the revision
+    category               optional: the prompt's category (a comma list), read by `manifest_prompts`
 
 A row keyed by `prompt` matches the prompt text (whitespace-normalised); a row keyed by
 `prompt_id` matches the bank's id (`prompts.prompt_id_for(text)`), so a manifest exported from
 the `prompts` table works as is.
+
+Several images per prompt (real exports have several seeds per prompt): with
+`on_duplicate="all"` every row of a prompt is its own image. `image_count(prompt)` says how many
+usable images a prompt has (manifest order), and `generate(..., indices=[...])` returns the
+index-th of each prompt (index 0 by default, so callers that know one image per prompt are
+unchanged). The same file listed twice for one prompt is not a second image: the later row is a
+counted skip (`duplicate_file`).
+
+Prompts from the manifest: `manifest_prompts()` lists the distinct prompt texts (with the optional
+`category` column), so an era can take its prompt bank from its imports; `validate=False` skips
+decoding the images in the constructor when only the prompts are needed.
 
 Bad input policy (why: a generator must never crash a run halfway and lose finished images):
   * manifest-level problems (missing / not UTF-8 / missing columns / malformed or escaping rows /
@@ -19,11 +31,16 @@ Bad input policy (why: a generator must never crash a run halfway and lose finis
   * image-level problems (missing file, corrupt or truncated data, decompression bomb, tiny image,
     checksum mismatch) are counted skips, logged with the file name; every row is validated
     eagerly in the constructor, so `report()` is complete before generation and the caller can
-    keep only `has_image()` prompts. Asking `generate` for a skipped prompt raises
-    `ImportSkippedError` naming prompt, file and reason; `strict=True` raises on the first bad
-    image instead;
+    keep only `has_image()` prompts. Asking `generate` for a prompt none of whose images is usable
+    raises `ImportSkippedError` naming prompt, file and reason (an index past `image_count` raises
+    `IndexError` naming the prompt and the count); `strict=True` raises on the first bad image
+    instead. With `validate=False` nothing is decoded up front: `report()` counts rows only,
+    `image_count` counts listed rows, and a bad image fails in `generate` (`ImageRefused`);
   * duplicate prompts: an error naming both rows by default (two images for one prompt is an
     ambiguous export); `on_duplicate="first"` keeps the first row and counts the others;
+    `on_duplicate="all"` keeps every row as its own image (a row whose `prompt` and `prompt_id`
+    name two different listed prompts is then a `ManifestError`; a file listed twice for one
+    prompt is a counted `duplicate_file` skip);
   * non-RGB images (CMYK, 16-bit, alpha, palette, grey) are normalised with `images.to_rgb`
     (alpha composited on white) and counted as converted.
 
@@ -64,6 +81,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_MANIFEST = "manifest.csv"
 DEFAULT_MIN_SIDE = 64  # the tiny profile's image size; anything smaller is a thumbnail or an error image
 IMPORT_OPTIONS = frozenset({"manifest", "endpoint_url", "min_side", "max_pixels", "on_duplicate", "strict"})
+ON_DUPLICATE = ("error", "first", "all")  # the values of the `on_duplicate` option
 
 # skip reasons (stable names: they become metadata keys)
 MISSING_FILE = "missing_file"
@@ -73,6 +91,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
 CHECKSUM_MISMATCH = "checksum_mismatch"
 DUPLICATE_PROMPT = "duplicate_prompt"
+DUPLICATE_FILE = "duplicate_file"  # on_duplicate="all": the same file listed again for the same prompt
 OUTSIDE_FOLDER = "outside_folder"
 
 
@@ -146,6 +165,7 @@ class _Row:
     prompt: str
     prompt_id: str
     sha256: str
+    category: str = ""
 
 
 def _normalise(text: str) -> str:
@@ -201,9 +221,10 @@ def decode_checked(data: bytes, name: str, min_side: int, max_pixels: int) -> tu
 class ImportGenerator:
     """Serves pre-made images from a folder or S3 prefix as if they were generated.
 
-    `generate(prompts, seeds)` returns the imported image of each prompt. Seeds are ignored: an
-    imported image was made once, elsewhere, with whatever seed the API chose, so the same prompt
-    always yields the same image (which keeps the content cache consistent too).
+    `generate(prompts, seeds, indices=None)` returns the imported image of each prompt (the
+    index-th usable one with `indices`; `image_count(prompt)` says how many there are). Seeds are
+    ignored: an imported image was made once, elsewhere, with whatever seed the API chose, so the
+    same prompt and index always yield the same image (which keeps the content cache consistent too).
     """
 
     # No sampler: it cannot render another prompt or decode latents early (see backends.can_sample).
@@ -220,6 +241,7 @@ class ImportGenerator:
         max_pixels: int | None = None,
         on_duplicate: str | None = None,
         strict: bool | None = None,
+        validate: bool = True,
         client: Any = None,
         dtype: Any = None,
         local_files_only: bool = False,
@@ -233,9 +255,9 @@ class ImportGenerator:
         self.min_side = int(options.get("min_side", DEFAULT_MIN_SIDE))
         self.max_pixels = int(options.get("max_pixels") or Image.MAX_IMAGE_PIXELS or 64_000_000)
         self.on_duplicate = str(options.get("on_duplicate", "error"))
-        if self.on_duplicate not in ("error", "first"):
+        if self.on_duplicate not in ON_DUPLICATE:
             raise ValueError(
-                f"generator {spec.id!r}: on_duplicate must be 'error' or 'first', got {self.on_duplicate!r}"
+                f"generator {spec.id!r}: on_duplicate must be 'error', 'first' or 'all', got {self.on_duplicate!r}"
             )
         self.strict = bool(options.get("strict", False))
         manifest_name = str(options.get("manifest", DEFAULT_MANIFEST))
@@ -245,10 +267,14 @@ class ImportGenerator:
         self._revision = "import:" + hashlib.sha256(raw).hexdigest()[:16]
         rows = self._parse_manifest(raw)
         self._report = ImportReport(source=spec.model, manifest_sha256=hashlib.sha256(raw).hexdigest(), rows=len(rows))
-        self._rows: dict[str, _Row] = {}  # prompt key -> row
+        self._parsed: list[_Row] = rows  # every row, duplicates included (for manifest_prompts)
+        self._groups: list[list[_Row]] = []  # one per listed prompt: its rows (images) in manifest order
+        self._group_of: dict[str, int] = {}  # prompt key -> index in _groups
         self._refused: dict[int, str] = {}  # manifest line -> refusal message
         self._index(rows)
-        self._validate()
+        self.validated = bool(validate)
+        if self.validated:
+            self._validate()
 
     # ------------------------------------------------------------------ configuration and I/O
 
@@ -412,35 +438,56 @@ class ImportGenerator:
                     "(absolute paths, drive letters and '..' segments are refused)"
                 )
             sha = record.get("sha256", "").lower()
-            rows.append(_Row(line=line, file=posix.as_posix(), prompt=prompt, prompt_id=prompt_id, sha256=sha))
+            rows.append(_Row(line=line, file=posix.as_posix(), prompt=prompt, prompt_id=prompt_id, sha256=sha,
+                             category=record.get("category", "")))
         if not rows:
             raise ManifestError(f"{where}: no rows")
         return rows
 
     def _index(self, rows: list[_Row]) -> None:
-        """Map every prompt key to its row; a key seen twice is a duplicate prompt."""
+        """Group the rows by prompt (every key of a row maps to its group); a key seen again is a
+        duplicate prompt: an error, a skip ("first") or another image of the prompt ("all")."""
+        where = self.manifest_location
         for row in rows:
             keys = []
             if row.prompt:
                 keys.extend(_prompt_keys(row.prompt))
             if row.prompt_id:
                 keys.append(f"id:{row.prompt_id}")
-            clash = next((self._rows[k] for k in keys if k in self._rows), None)
-            if clash is not None:
-                message = (
-                    f"{self.manifest_location}: duplicate prompt on line {row.line} "
-                    f"(already on line {clash.line})"
+            hits = list(dict.fromkeys(self._group_of[k] for k in keys if k in self._group_of))
+            if not hits:
+                self._group_of.update({key: len(self._groups) for key in keys})
+                self._groups.append([row])
+                continue
+            group = self._groups[hits[0]]
+            message = f"{where}: duplicate prompt on line {row.line} (already on line {group[0].line})"
+            if self.on_duplicate == "error":
+                raise ManifestError(
+                    message + "; remove one row, set on_duplicate='first' to keep the first, or "
+                    "on_duplicate='all' to import every row as its own image (several seeds per prompt)"
                 )
-                if self.on_duplicate == "error":
-                    raise ManifestError(message + "; remove one row, or set on_duplicate='first' to keep the first")
-                LOG.warning("%s; keeping line %d", message, clash.line)
+            if self.on_duplicate == "first":
+                LOG.warning("%s; keeping line %d", message, group[0].line)
                 self._report._skip(row.line, row.file, DUPLICATE_PROMPT, message)
                 continue
+            if len(hits) > 1:  # "all", but the row's text and id name two different listed prompts
+                raise ManifestError(
+                    f"{where}: line {row.line}: its 'prompt' and 'prompt_id' match two different prompts "
+                    f"(lines {group[0].line} and {self._groups[hits[1]][0].line}); fix the row"
+                )
+            same = next((r for r in group if r.file == row.file), None)
+            if same is not None:
+                message = (f"{where}: line {row.line} lists the file of line {same.line} again for the same "
+                           "prompt; not a second image")
+                LOG.warning("generator %r: skipping manifest line %d: %s", self.spec.id, row.line, message)
+                self._report._skip(row.line, row.file, DUPLICATE_FILE, message)
+                continue
+            group.append(row)
             for key in keys:
-                self._rows[key] = row
+                self._group_of.setdefault(key, hits[0])
 
     def _unique_rows(self) -> list[_Row]:
-        return sorted({row.line: row for row in self._rows.values()}.values(), key=lambda r: r.line)
+        return sorted((row for group in self._groups for row in group), key=lambda r: r.line)
 
     # ------------------------------------------------------------------ images
 
@@ -485,18 +532,43 @@ class ImportGenerator:
 
     # ------------------------------------------------------------------ generator interface
 
-    def _row_for(self, prompt: str) -> _Row | None:
-        return next((self._rows[k] for k in _prompt_keys(prompt) if k in self._rows), None)
+    def _rows_for(self, prompt: str) -> list[_Row] | None:
+        """The prompt's rows in manifest order (None when the manifest does not list it)."""
+        index = next((self._group_of[k] for k in _prompt_keys(prompt) if k in self._group_of), None)
+        return None if index is None else self._groups[index]
+
+    def _usable(self, prompt: str) -> list[_Row]:
+        return [row for row in self._rows_for(prompt) or [] if row.line not in self._refused]
+
+    def image_count(self, prompt: str) -> int:
+        """How many usable images the manifest has for the prompt (0 when none or not listed)."""
+        return len(self._usable(prompt))
 
     def has_image(self, prompt: str) -> bool:
-        """True when the manifest lists the prompt and its image passed validation."""
-        row = self._row_for(prompt)
-        return row is not None and row.line not in self._refused
+        """True when the manifest lists the prompt and at least one of its images passed validation."""
+        return self.image_count(prompt) > 0
 
     def skip_reason(self, prompt: str) -> str | None:
-        """Why the prompt's image was refused (None when it is usable or not listed)."""
-        row = self._row_for(prompt)
-        return None if row is None else self._refused.get(row.line)
+        """Why the prompt's images were refused (None when one is usable or the prompt is not listed)."""
+        rows = self._rows_for(prompt)
+        if not rows or any(row.line not in self._refused for row in rows):
+            return None
+        reason = self._refused[rows[0].line]
+        return reason if len(rows) == 1 else f"{reason} (and {len(rows) - 1} more image(s) of the prompt refused)"
+
+    def manifest_prompts(self) -> list[dict[str, str]]:
+        """The distinct prompt texts of the manifest in order, each {"prompt": text, "category": the
+        optional `category` column of its first row, or ""}. A row keyed by `prompt_id` only gives
+        no text: `ManifestError` naming the file and line."""
+        prompts: dict[str, dict[str, str]] = {}
+        for row in self._parsed:
+            if not row.prompt:
+                raise ManifestError(
+                    f"{self.manifest_location}: line {row.line}: keyed by 'prompt_id' only; taking the prompts "
+                    "from an import needs the 'prompt' text on every row"
+                )
+            prompts.setdefault(row.prompt, {"prompt": row.prompt, "category": row.category})
+        return list(prompts.values())
 
     def generate(
         self,
@@ -505,26 +577,37 @@ class ImportGenerator:
         stop_step: int | None = None,
         batch_size: int | None = None,
         params: dict[str, Any] | None = None,
+        indices: list[int] | None = None,
     ) -> list[Image.Image]:
-        """The imported RGB image of each prompt (seeds, batch_size and params have no effect)."""
+        """The imported RGB image of each prompt: its `indices[i]`-th usable image in manifest order
+        (default: the first). Seeds, batch_size and params have no effect."""
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        if indices is None:
+            indices = [0] * len(prompts)
+        if len(indices) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(indices)} image indices")
         if stop_step is not None:
             raise ValueError(f"generator {self.spec.id!r}: imported images have no latents to decode prematurely")
         unknown = set(params or {}) - KNOWN_PARAMS
         if unknown:
             raise ValueError(f"generator {self.spec.id!r}: unknown param(s) {sorted(unknown)}")
         rows = []
-        for prompt in prompts:  # resolve all first: fail before any decoding work
-            row = self._row_for(prompt)
-            if row is None:
+        for prompt, index in zip(prompts, indices):  # resolve all first: fail before any decoding work
+            if self._rows_for(prompt) is None:
                 raise KeyError(f"generator {self.spec.id!r}: {self.manifest_location} has no row for prompt {prompt!r}")
-            if row.line in self._refused:
+            usable = self._usable(prompt)
+            if not usable:
                 raise ImportSkippedError(
                     f"generator {self.spec.id!r}: the image for prompt {prompt!r} was refused at import: "
-                    f"{self._refused[row.line]}"
+                    f"{self.skip_reason(prompt)}"
                 )
-            rows.append(row)
+            if not 0 <= int(index) < len(usable):
+                raise IndexError(
+                    f"generator {self.spec.id!r}: prompt {prompt!r} has {len(usable)} usable image(s) in "
+                    f"{self.manifest_location}; image index {index} is out of range"
+                )
+            rows.append(usable[int(index)])
         return [self._load(row)[0] for row in rows]
 
     def model_revision(self) -> str:

@@ -311,6 +311,31 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
     return [prompt for _, prompt in rows]
 
 
+IMPORTED_CATEGORY = "imported"  # the category of an imported prompt whose manifest gives none
+
+
+def prompts_from_import(entries: list[dict[str, Any]]) -> list[Prompt]:
+    """A prompt bank from the prompts of import sources (`ImportGenerator.manifest_prompts()`):
+    each entry {"prompt": text, "category": comma list or ""}; the first occurrence of a text wins.
+    The category is the first item of the comma list, lower-cased ("imported" when there is none);
+    it is the only label. Such prompts have no known subject (alignment variants keep their tail)."""
+    bank: dict[str, Prompt] = {}
+    for index, entry in enumerate(entries):
+        text = entry.get("prompt")
+        if not isinstance(text, str) or not _normalise(text):
+            raise ValueError(f"imported prompt #{index}: empty or missing prompt text")
+        text = _normalise(text)
+        raw_category = entry.get("category") or ""
+        if not isinstance(raw_category, str):
+            raise ValueError(f"imported prompt #{index}: category must be a string, got {type(raw_category).__name__}")
+        category = _normalise(raw_category.split(",")[0]).lower() or IMPORTED_CATEGORY
+        prompt_id = prompt_id_for(text)
+        if prompt_id not in bank:
+            bank[prompt_id] = Prompt(prompt_id=prompt_id, text=text, category=category, sub_concept="",
+                                     labels=[category], subject="")
+    return list(bank.values())
+
+
 def mismatched_prompt(prompts: list[Prompt], index: int, rng: np.random.Generator) -> Prompt:
     """Alignment negative by shuffling (3.2.3): another prompt, preferably about something else.
 

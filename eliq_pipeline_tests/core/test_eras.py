@@ -286,3 +286,69 @@ def test_append_era_checks_the_new_era_runs_on_the_profile(tmp_path):
         append_era(path, "e2", like="e1", positive_generators=["b"], profile="tiny")
     assert path.read_text() == text
     assert append_era(path, "e2", like="e1", positive_generators=["b"], profile="production").name == "e2"
+
+
+# ------------------------------------------------------------------ ${NAME} variables in generator models
+
+def test_variables_fill_model_references_plain_and_per_profile(tmp_path):
+    folder = _import_folder(tmp_path / "export")
+    text = _with_generator("{backend: import, model: '${ELIQ_SUPAGRUEN}/export'}").replace(
+        'production: org/model}', 'production: "${ELIQ_HUB}/model"}')
+    registry = parse_eras(text, Path("eras.yaml"), {"ELIQ_SUPAGRUEN": str(tmp_path), "ELIQ_HUB": "org"})
+    assert registry.generators["c"].model == {"tiny": str(folder), "production": str(folder)}
+    assert registry.generators["b"].model_for("production") == "org/model"
+    check_runnable(registry, "tiny")  # the substituted folder is the one checked
+    path = tmp_path / "eras.yaml"
+    path.write_text(text)
+    assert load_eras(path, {"ELIQ_SUPAGRUEN": str(tmp_path), "ELIQ_HUB": "org"}).generators["c"].model_for("tiny") == str(folder)
+    # appending an era keeps the file's references (and validates with the variables)
+    append_era(path, "e2", like="e1", variables={"ELIQ_SUPAGRUEN": str(tmp_path), "ELIQ_HUB": "org"})
+    assert "${ELIQ_SUPAGRUEN}/export" in path.read_text()
+
+
+def test_an_unset_variable_names_file_generator_and_variable_and_says_to_set_it(tmp_path):
+    path = tmp_path / "eras.yaml"
+    path.write_text(_with_generator("{backend: import, model: {tiny: '${ELIQ_SUPAGRUEN}/export'}}"))
+    for variables in (None, {"ELIQ_OTHER": "x"}):
+        with pytest.raises(ErasFileError) as excinfo:
+            load_eras(path, variables)
+        message = str(excinfo.value)
+        assert message.startswith(f"{path}: generators.c.model.tiny: generator 'c': ")
+        assert "${ELIQ_SUPAGRUEN}" in message and "export ELIQ_SUPAGRUEN=<folder>" in message
+
+
+def test_eras_variables_are_the_eliq_environment_without_secrets():
+    from eliq_pipeline.core.eras import eras_variables
+
+    env = {"ELIQ_SUPAGRUEN": "/data/s", "ELIQ_HOME": "/h", "ELIQ_LLM_API_KEY": "sk-1", "ELIQ_S3_SECRET": "s",
+           "HOME": "/root", "AWS_SECRET_ACCESS_KEY": "a"}
+    assert eras_variables(env) == {"ELIQ_SUPAGRUEN": "/data/s", "ELIQ_HOME": "/h"}
+
+
+def test_the_eras_resource_passes_the_environment_variables(tmp_path):
+    import json
+
+    from eliq_pipeline.defs.resources import EraRegistryResource
+    from eliq_pipeline.definitions import resources_from_env
+
+    folder = _import_folder(tmp_path / "export")
+    path = tmp_path / "eras.yaml"
+    path.write_text(_with_generator("{backend: import, model: '${ELIQ_SUPAGRUEN}/export'}"))
+    resource = resources_from_env({"ELIQ_ERAS": str(path), "ELIQ_SUPAGRUEN": str(tmp_path),
+                                   "ELIQ_HOME": str(tmp_path / "home"), "ELIQ_LLM_API_KEY": "sk-secret"})["eras"]
+    assert "sk-secret" not in resource.variables_json  # the resource's config is shown in the UI
+    assert resource.load_runnable().generators["c"].model_for("tiny") == str(folder)
+    bare = EraRegistryResource(path=str(path))
+    with pytest.raises(ErasFileError, match="ELIQ_SUPAGRUEN"):
+        bare.load()
+    assert EraRegistryResource(path=str(path), variables_json=json.dumps({"ELIQ_SUPAGRUEN": str(tmp_path)})).load()
+
+
+@pytest.mark.parametrize("value, ok", [("all", True), ("first", True), ("error", True), ("every", False), (1, False)])
+def test_on_duplicate_accepts_all_first_and_error(value, ok):
+    text = _with_generator(f"{{backend: import, model: /data/x, params: {{call_kwargs: {{on_duplicate: {value}}}}}}}")
+    if ok:
+        assert parse_eras(text).generators["c"].params["call_kwargs"]["on_duplicate"] == value
+    else:
+        with pytest.raises(ErasFileError, match="on_duplicate must be 'error', 'first' or 'all'"):
+            parse_eras(text)

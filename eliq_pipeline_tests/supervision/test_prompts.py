@@ -234,3 +234,30 @@ def test_alignment_variants_swap_exactly_one_fact():
                                           "A red bicycle next to two metal chairs, soft light."}
     plain = Prompt(prompt_id="q", text="A calm lake.", category="Natural Scenes", sub_concept="x", labels=[], subject="")
     assert set(prompt_variants(plain, np.random.default_rng(0))) == {"object"}
+
+
+def test_prompts_from_import_take_the_first_occurrence_and_the_first_category():
+    from eliq_pipeline.supervision.generation import variants_for
+    from eliq_pipeline.supervision.prompts import prompts_from_import
+
+    entries = [
+        {"prompt": "style of Slim Aarons", "category": "Fashion , People"},
+        {"prompt": "a pool party in Palm Springs, 1970, kodachrome", "category": ""},
+        {"prompt": " style of  Slim Aarons", "category": "Travel"},  # same prompt (another source): first wins
+        {"prompt": "8k", "category": "STILL LIFE"},
+    ]
+    bank = prompts_from_import(entries)
+    assert [(p.text, p.category, p.labels) for p in bank] == [
+        ("style of Slim Aarons", "fashion", ["fashion"]),
+        ("a pool party in Palm Springs, 1970, kodachrome", "imported", ["imported"]),
+        ("8k", "still life", ["still life"]),
+    ]
+    assert bank[0].prompt_id == prompt_id_for("style of Slim Aarons")
+    assert (bank[0].sub_concept, bank[0].subject) == ("", "")
+    for prompt in bank:  # what the `prompts` asset computes for every prompt must work for arbitrary text
+        variants = variants_for(prompt)
+        assert "object" in variants and all(v.text != prompt.text for v in variants.values())
+        assert degraded_prompt(prompt.text) and aesthetic_degraded_prompt(prompt.text)
+    assert mismatched_prompt(bank, 0, np.random.default_rng(0)).text != bank[0].text
+    with pytest.raises(ValueError, match="#0: empty"):
+        prompts_from_import([{"prompt": "  ", "category": ""}])

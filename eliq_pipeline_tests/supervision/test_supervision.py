@@ -93,6 +93,9 @@ class PartialGenerator(FakeGenerator):
         super().__init__()
         self.served = set(served)
 
+    def image_count(self, prompt):
+        return int(prompt in self.served)
+
     def has_image(self, prompt):
         return prompt in self.served
 
@@ -102,7 +105,7 @@ class PartialGenerator(FakeGenerator):
     def report(self):
         return {"served": len(self.served)}
 
-    def generate(self, prompts, seeds, stop_step=None):
+    def generate(self, prompts, seeds, stop_step=None, indices=None):
         return super().generate(prompts, [s + (stop_step or 0) for s in seeds])
 
 
