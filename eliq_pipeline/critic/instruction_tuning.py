@@ -125,6 +125,10 @@ class SFTConfig:
     # ("lm_head",), ("visual",) or ("merger",). A pretrained backbone needs none.
     modules_to_save: tuple[str, ...] = ()
     learning_rate: float = 1e-4
+    # Per-module learning rates, (name fragment, lr): a trainable parameter whose name contains the
+    # fragment (first match) uses that rate instead of ``learning_rate``, e.g. (("visual", 3e-4),).
+    # A vision tower trained from random init collapses at the rate that suits LoRA and lm_head.
+    module_learning_rates: tuple[tuple[str, float], ...] = ()
     weight_decay: float = 0.0
     warmup_steps: int = 0
     epochs: int = 1
@@ -189,6 +193,10 @@ class SFTConfig:
         data["modules_to_save"] = list(self.modules_to_save)
         data["aspect_loss_weights"] = [[aspect, float(w)] for aspect, w in self.aspect_loss_weights]
         data["sampler"] = self.SAMPLER
+        if self.module_learning_rates:  # absent when unused: earlier checkpoints stay resumable
+            data["module_learning_rates"] = [[name, float(lr)] for name, lr in self.module_learning_rates]
+        else:
+            data.pop("module_learning_rates")
         return data
 
 
@@ -430,7 +438,7 @@ def _resume(
         return 0, []
     latest = checkpoints[-1]
     if json.loads((latest / _CKPT_STATE).read_text()).get("run_key") != run_key:
-        say(f"checkpoints in {ckpt_root} come from other settings; starting fresh")
+        say(f"checkpoints in {ckpt_root} come from other settings or examples; starting fresh")
         shutil.rmtree(ckpt_root)
         return 0, []
     state = _load_checkpoint(latest, model, optimizer, device)
@@ -477,7 +485,7 @@ def _train_steps(
     for step in steps:
         scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * scale
+            group["lr"] = group.get("base_lr", cfg.learning_rate) * scale
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
         for micro in range(cfg.grad_accum):
@@ -496,6 +504,36 @@ def _train_steps(
             _save_checkpoint(ckpt_root, model, optimizer, done, loss_curve, run_key, cfg.keep_checkpoints)
         if done % max(1, total_steps // 20) == 0 or done == total_steps:  # ~20 progress lines a run
             say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
+
+
+def examples_fingerprint(examples: Sequence[SFTExample]) -> str:
+    """Hash of the training examples in order: pixels (once per image object), aspect, prompt,
+    label and group."""
+    digest = hashlib.sha256()
+    pixels: dict[int, str] = {}
+    for example in examples:
+        key = id(example.image)
+        if key not in pixels:
+            image = example.image
+            pixels[key] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+        digest.update(json.dumps([pixels[key], example.aspect, example.prompt, example.label, example.group]).encode())
+    return digest.hexdigest()[:32]
+
+
+def _param_groups(model: Any, cfg: SFTConfig) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by learning rate (``cfg.module_learning_rates``, first match);
+    each group keeps its ``base_lr`` for the warmup schedule."""
+    rates = [(name, float(lr)) for name, lr in cfg.module_learning_rates]
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            lr = next((rate for fragment, rate in rates if fragment in name), float(cfg.learning_rate))
+            groups.setdefault(lr, []).append(param)
+    unused = [fragment for fragment, _ in rates
+              if not any(fragment in n for n, p in model.named_parameters() if p.requires_grad)]
+    if unused:
+        raise ValueError(f"module_learning_rates names {unused}, which match no trainable parameter")
+    return [{"params": params, "lr": lr, "base_lr": lr} for lr, params in groups.items()]
 
 
 def _lora_backbone(base_path: str, cfg: SFTConfig, device: str, dtype: torch.dtype) -> tuple[Any, Any, list]:
@@ -529,11 +567,14 @@ def tune_backbone(
     ckpt_root = work_dir / "checkpoints"
     dtype = torch.bfloat16 if (cfg.bf16 and str(device).startswith("cuda")) else default_dtype("cpu")
     model, processor, trainable = _lora_backbone(base_path, cfg, device, dtype)
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * len(examples_train) / per_step)
-    run_key = {**cfg.run_key(), "n_train": len(examples_train), "base": backbone_fingerprint(base_path)}
+    # The examples are part of the key: a checkpoint of a run on other examples (new negatives,
+    # same count) must not be resumed -- it once was, and a finished run then re-evaluated only.
+    run_key = {**cfg.run_key(), "n_train": len(examples_train), "examples": examples_fingerprint(examples_train),
+               "base": backbone_fingerprint(base_path)}
 
     # Training draws (dropout) come from a forked RNG: seeded by cfg.seed for a fresh run, the
     # saved state for a resumed one, and the caller's global RNG is left untouched either way.

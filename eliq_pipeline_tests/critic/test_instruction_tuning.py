@@ -232,3 +232,43 @@ def test_zero_steps_is_the_no_instruction_tuning_ablation(tiny_dir: Path, toy_da
     tuned_z = extract_aspect_embeddings(result.model, result.processor, *args)
     raw_z = extract_aspect_embeddings(raw, processor, *args)
     assert torch.allclose(tuned_z, raw_z, atol=1e-6)
+
+
+def test_module_learning_rates_group_parameters_and_reach_the_checkpoint_key(tiny_dir: Path, toy_data, tmp_path: Path) -> None:
+    from eliq_pipeline.critic.instruction_tuning import _lora_backbone, _param_groups
+
+    cfg = SFTConfig.tiny(modules_to_save=("visual.merger", "lm_head"), module_learning_rates=(("merger", 1e-2),),
+                         max_steps=2, warmup_steps=4, checkpoint_every=1)
+    model, _, trainable = _lora_backbone(str(tiny_dir), cfg, "cpu", torch.float32)
+    groups = {g["lr"]: g["params"] for g in _param_groups(model, cfg)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(groups) == {1e-2, cfg.learning_rate}
+    assert groups[1e-2] and all("merger" in names[id(p)] for p in groups[1e-2])
+    assert sum(len(v) for v in groups.values()) == len(trainable)  # every trainable parameter, once
+    with pytest.raises(ValueError, match=r"\['blocks'\], which match no trainable parameter"):
+        _param_groups(model, SFTConfig.tiny(module_learning_rates=(("blocks", 1e-4),)))
+    # the rate is part of the trajectory key only when used (earlier checkpoints stay resumable)
+    assert "module_learning_rates" not in SFTConfig.tiny().run_key()
+    assert cfg.run_key()["module_learning_rates"] == [["merger", 0.01]]
+    # a run with them trains and records them in its checkpoints
+    train, heldout = toy_data
+    result = tune_backbone(str(tiny_dir), train[:8], heldout[:4], cfg, tmp_path / "run")
+    assert result.steps == 2
+    state = json.loads(sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["run_key"]["module_learning_rates"] == [["merger", 0.01]]
+
+
+def test_a_finished_run_on_other_examples_is_not_resumed(tiny_dir: Path, toy_data, tmp_path: Path) -> None:
+    """Regression: new negatives of the same count (a changed negative plan) once resumed the old
+    run's final checkpoint, so the era's critic silently kept training on the old examples."""
+    train = toy_data[0]
+    cfg = SFTConfig.tiny(max_steps=2, checkpoint_every=1, batch_size=4)
+    work = tmp_path / "sft"
+    assert tune_backbone(str(tiny_dir), train, [], cfg, work).resumed_from_step == 0
+    assert tune_backbone(str(tiny_dir), train, [], cfg, work).resumed_from_step == 2  # same examples: resumed
+    other = [SFTExample(e.image.transpose(Image.FLIP_LEFT_RIGHT), e.aspect, e.prompt, e.label, e.group) for e in train]
+    log: list[str] = []
+    again = tune_backbone(str(tiny_dir), other, [], cfg, work, log=log.append)
+    assert again.resumed_from_step == 0 and any("other settings or examples; starting fresh" in line for line in log)
+    relabelled = [SFTExample(e.image, e.aspect, e.prompt, "low" if e.label == "high" else "high", e.group) for e in other]
+    assert tune_backbone(str(tiny_dir), relabelled, [], cfg, work).resumed_from_step == 0

@@ -42,7 +42,7 @@ def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path
     return Path(profile.home) / "work" / era / "outputs" / name
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-2", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-3", pool="gpu")
 def tuned_mllm(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource,
@@ -89,7 +89,7 @@ def aspect_embeddings(
     adapter_dir = tuned_mllm
     namespace = adapter_namespace(adapter_dir)
     cache = EmbeddingCache(store, namespace)
-    requests = critic_data.all_tuple_requests(comparison_tuples.to_pylist())
+    requests = critic_data.all_tuple_requests(comparison_tuples.to_pylist(), settings.embed_negative_alignment)
     bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path, profile.benchmark_config())
     requests += bench_requests
     model_holder: dict = {}
@@ -125,8 +125,9 @@ def qqt_model(
     namespace = embedding_namespace(aspect_embeddings)
     cache = EmbeddingCache(store, namespace)
     rows = comparison_tuples.to_pylist()
-    train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"])
-    heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"])
+    own_ali = settings.embed_negative_alignment
+    train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"], own_ali)
+    heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"], own_ali)
     config = settings.scorer_config(hidden_size=int(train.pos_tec.shape[1]), seed=era.seed)
     result = train_scoring_head(train, heldout, config, log=context.log.info)
     with staged_dir(model_output_dir(profile, era.name, "qqt_model")) as out:
