@@ -9,7 +9,7 @@ ELIQ_HOME ?= $(CURDIR)/.eliq
 DAGSTER_HOME := $(ELIQ_HOME)/dagster
 export ELIQ_HOME
 
-.PHONY: setup demo test ui clean
+.PHONY: setup demo cpu-demo test ui clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,16 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: setup $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/eliq materialize
+
+# The `cpu` profile: a critic trained from scratch on real AI images (eras-cpu.yaml), in its own home.
+# ELIQ_SUPAGRUEN names the supagruen-sd15 folder; ELIQ_DATASETS the benchmarks (AGIQA-3K, ...).
+CPU_HOME ?= $(CURDIR)/.eliq-cpu
+cpu-demo: setup
+	@test -n "$(ELIQ_SUPAGRUEN)" || { echo "set ELIQ_SUPAGRUEN=<folder of supagruen-sd15 (manifest.csv, images/)>" >&2; exit 2; }
+	mkdir -p $(CPU_HOME)/dagster
+	sed 's#base_dir: .eliq/dagster/storage#base_dir: $(CPU_HOME)/dagster/storage#' dagster.yaml > $(CPU_HOME)/dagster/dagster.yaml
+	ELIQ_HOME=$(CPU_HOME) DAGSTER_HOME=$(CPU_HOME)/dagster ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml \
+	  ELIQ_SUPAGRUEN=$(abspath $(ELIQ_SUPAGRUEN)) $(BIN)/eliq materialize
 
 test: setup
 	$(BIN)/python -m pytest

@@ -33,10 +33,30 @@ class Profile:
     supervision_aspects: tuple[str, ...] = ("tec", "aes", "ali")  # Table 5: SFT labels and ranking terms used
     tuple_exclude_methods: tuple[str, ...] = ()  # negatives built and checked but not put in tuples
     premature_fraction: float = 0.34  # premature decoding stops after this share of the steps
+    # "bank": the generated prompt bank (or the user's prompt file); "import": the distinct prompts
+    # of the era's imported positives (real exports whose prompts are not in any bank).
+    prompt_source: str = "bank"
+    technical_methods: tuple[str, ...] = ("jpeg_recompress", "gaussian_noise")  # registered tec degradations
+    # Registered aes degradations; () means the era's editors (the offline editor, plus the era's
+    # editing model if it names one). Given explicitly, they replace the offline editor.
+    aesthetic_methods: tuple[str, ...] = ()
+    severity_levels: tuple[int | None, ...] = (None,)  # graded severities per degradation (None: ungraded)
+    negatives_per_aspect: int = 0  # conventional (method, level) negatives made per positive and aspect; 0: all
+    # z_ali(I-, p) for visual negatives (critic/data.tuple_requests); False: they share I+'s z_ali
+    embed_negative_alignment: bool = True
+
+    # Settings added after profiles were first fingerprinted: left out of the fingerprint while
+    # they hold their default, so adding a setting does not mark every existing era out of date.
+    _LATER_FIELDS = ("prompt_source", "technical_methods", "aesthetic_methods", "severity_levels",
+                     "negatives_per_aspect", "embed_negative_alignment")
 
     def fingerprint(self) -> str:
         """Hash of every setting; a materialization built under other settings is out of date."""
-        payload = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        values = asdict(self)
+        for name in self._LATER_FIELDS:
+            if values[name] == getattr(Profile, name):
+                del values[name]
+        payload = json.dumps(values, sort_keys=True, default=str).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def sft_config(self, **extra: Any):
@@ -88,7 +108,51 @@ PRODUCTION = Profile(
     generation_batch_size=4,
 )
 
-PROFILES = {profile.name: profile for profile in (TINY, PRODUCTION)}
+# Real images on 2 CPU cores (issue 11): a Qwen3-VL-architecture backbone from random init,
+# label-free, on imported real AI images (e.g. supagruen-sd15: four SD-1.5 renders per prompt) and
+# their graded conventional degradations. Settings were chosen on held-out accuracy (prompt-disjoint
+# split of the era's own tuples), never tuned on a benchmark; the measurements, the attempts and
+# what AGIQA-3K gave after each are in ARCHITECTURE.md ("The cpu profile"), with their commands
+# (bench/cpu_profile_probe.py, bench/real_image_attempt.py, make cpu-demo). On supagruen-sd15 the
+# era trains in about 20 minutes on 2 cores; AGIQA-3K visual SRCC 0.360 [0.328, 0.391].
+CPU = Profile(
+    name="cpu",
+    backbone="tiny:qwen3-vl-256",  # 64 image tokens at 256 px, widths 128 (tiny/backbone.py CPU_256_SPEC)
+    n_prompts=0,  # every prompt of the import (a number caps it: a seeded subset, for smoke runs)
+    prompt_seed=0,
+    image_height=256,
+    image_width=256,
+    generation_steps=1,  # imported images: no sampler runs
+    heldout_fraction=0.1,
+    tuples_per_positive=2,
+    sft={
+        # The random vision blocks stay frozen (their high-pass patch filters already see blur and
+        # blocking; trained at 3e-3 they collapse: loss pinned at ln 2); the merger, lm_head and
+        # LLM LoRA learn.
+        "modules_to_save": ("visual.merger", "lm_head"),
+        "learning_rate": 3e-3, "warmup_steps": 20, "lora_rank": 16, "lora_alpha": 32,
+        "max_steps": 2500, "batch_size": 12, "checkpoint_every": 250,
+        # "style of <artist>" prompts carry little alignment signal a from-scratch model can learn
+        "aspect_loss_weights": (("tec", 1.0), ("aes", 1.0), ("ali", 0.25)),
+    },
+    scorer={},
+    embed_batch_size=16,
+    sft_preset="tiny",
+    negative_families=("conventional",),  # imported positives have no sampler for AI-specific renders
+    prompt_source="import",
+    # Blur, resolution loss and compression: what generators get wrong. Gaussian noise (registered,
+    # switchable) is off: mixed with blur it asks for "clean = medium high-frequency energy", and a
+    # from-scratch critic then learns neither (held-out tec accuracy 0.50 after 200 steps vs 0.70).
+    technical_methods=("gaussian_blur", "downscale_upscale", "jpeg_recompress"),
+    aesthetic_methods=("colour_cast", "desaturate", "contrast_crush", "exposure_shift"),
+    severity_levels=(1, 2),
+    negatives_per_aspect=2,  # = the levels: each positive gets one method's severity series per aspect
+    # A visual negative shares I+'s z_ali, so the visual ranking cannot lean on the alignment
+    # token (and 2 of 10 queries per tuple are saved: the era fits in 20 minutes on 2 cores).
+    embed_negative_alignment=False,
+)
+
+PROFILES = {profile.name: profile for profile in (TINY, PRODUCTION, CPU)}
 
 
 def get_profile(name: str, **overrides: Any) -> Profile:

@@ -11,12 +11,14 @@ from eliq_pipeline.critic.embedding_cache import EmbeddingCache, EmbeddingReques
 from eliq_pipeline.critic.head.ranking import TupleEmbeddings
 
 
-def tuple_requests(row: dict[str, Any]) -> dict[str, EmbeddingRequest]:
-    """The eight embeddings a tuple needs. Each image is scored independently (3.3.5); a visual
-    negative is paired with the original prompt for its (unused by the loss) alignment branch."""
+def tuple_requests(row: dict[str, Any], negative_alignment: bool = True) -> dict[str, EmbeddingRequest]:
+    """The embeddings a tuple needs. Each image is scored independently (3.3.5); a visual negative
+    is paired with the original prompt for its (unused by the loss) alignment branch, or, with
+    `negative_alignment=False`, shares I+'s z_ali (see TupleEmbeddings): the two sides of a visual
+    pair then differ only in their visual embeddings, and two of ten queries per tuple are saved."""
     pos, tec, aes, p, p_neg = row["positive_sha256"], row["tec_sha256"], row["aes_sha256"], row["prompt"], row["mismatched_prompt"]
     ali_image = row.get("ali_sha256") or pos  # the alignment-negative pair is (ali_image, p_neg)
-    return {
+    requests = {
         "pos_tec": EmbeddingRequest(pos, "tec", None),
         "pos_aes": EmbeddingRequest(pos, "aes", None),
         "pos_ali": EmbeddingRequest(pos, "ali", p),
@@ -28,15 +30,19 @@ def tuple_requests(row: dict[str, Any]) -> dict[str, EmbeddingRequest]:
         "aesneg_aes": EmbeddingRequest(aes, "aes", None),
         "aesneg_ali": EmbeddingRequest(aes, "ali", p),
     }
+    if not negative_alignment:
+        del requests["tecneg_ali"], requests["aesneg_ali"]
+    return requests
 
 
-def all_tuple_requests(rows: Sequence[dict[str, Any]]) -> list[EmbeddingRequest]:
-    return [request for row in rows for request in tuple_requests(row).values()]
+def all_tuple_requests(rows: Sequence[dict[str, Any]], negative_alignment: bool = True) -> list[EmbeddingRequest]:
+    return [request for row in rows for request in tuple_requests(row, negative_alignment).values()]
 
 
-def tuple_embeddings(cache: EmbeddingCache, rows: Sequence[dict[str, Any]]) -> TupleEmbeddings:
-    names = list(tuple_requests(rows[0]).keys())
-    per_row = [tuple_requests(row) for row in rows]
+def tuple_embeddings(cache: EmbeddingCache, rows: Sequence[dict[str, Any]],
+                     negative_alignment: bool = True) -> TupleEmbeddings:
+    names = list(tuple_requests(rows[0], negative_alignment).keys())
+    per_row = [tuple_requests(row, negative_alignment) for row in rows]
     tensors = {name: cache.get([requests[name] for requests in per_row]) for name in names}
     return TupleEmbeddings(**tensors)
 

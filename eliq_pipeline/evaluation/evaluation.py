@@ -43,7 +43,8 @@ def benchmark_rows(benchmark: Benchmark, s_vis: np.ndarray, s_ali: np.ndarray, n
     return rows
 
 
-BASELINE_NAMES = {"niqe": "NIQE", "piqe": "PIQE"}
+BASELINE_NAMES = {"niqe": "NIQE (fitted on era positives)", "niqe-standard": "NIQE (standard parameters)",
+                  "piqe": "PIQE"}
 
 
 def baseline_rows(benchmark: Benchmark, name: str, scores: np.ndarray, n_boot: int = 1000) -> list[dict[str, Any]]:

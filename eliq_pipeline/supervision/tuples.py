@@ -54,9 +54,9 @@ def build_tuples(
                 "generator": positive["generator"],
                 "positive_sha256": positive["image_sha256"],
                 "tec_negative_id": tec["negative_id"], "tec_sha256": tec["image_sha256"],
-                "tec_method": tec["method"], "tec_family": tec["family"],
+                "tec_method": tec["method"], "tec_family": tec["family"], "tec_severity": tec.get("severity"),
                 "aes_negative_id": aes["negative_id"], "aes_sha256": aes["image_sha256"],
-                "aes_method": aes["method"], "aes_family": aes["family"],
+                "aes_method": aes["method"], "aes_family": aes["family"], "aes_severity": aes.get("severity"),
                 "ali_negative_id": ali["negative_id"], "ali_method": ali["method"], "ali_family": ali["family"],
                 # the alignment-negative pair (ali_sha256, mismatched_prompt): I+ with a shuffled
                 # prompt, or (AI-specific) a prompt variant's image with the original prompt

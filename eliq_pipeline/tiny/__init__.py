@@ -14,6 +14,9 @@ TINY_PREFIX = "tiny:"
 TEXT_TO_IMAGE_ARCHS = ("sd", "flux", "sd3")  # diffusers text-to-image pipelines (generators)
 EDITOR_ARCH = "sd-img2img"  # a diffusers image-to-image pipeline (editors)
 BACKBONE_ARCH = "qwen3-vl"  # the MLLM backbone
+# Backbone sizes by name (configs in tiny/backbone.py BACKBONE_SPECS): the toy one, and the one the
+# `cpu` profile trains on 256 px real images.
+BACKBONE_ARCHS = (BACKBONE_ARCH, "qwen3-vl-256")
 
 
 def resolve(ref: str, models_dir: str | Path, init_seed: int = 0) -> str:
@@ -27,18 +30,18 @@ def resolve(ref: str, models_dir: str | Path, init_seed: int = 0) -> str:
     if not ref.startswith(TINY_PREFIX):
         return ref
     arch, seed, models_dir = ref[len(TINY_PREFIX):], int(init_seed), Path(models_dir)
-    if arch == BACKBONE_ARCH:
+    if arch in BACKBONE_ARCHS:
         from eliq_pipeline.core.atomic import staged_dir
-        from eliq_pipeline.tiny.backbone import build_tiny_backbone
+        from eliq_pipeline.tiny.backbone import BACKBONE_SPECS, build_tiny_backbone
 
         folder = models_dir / f"tiny-{arch}-{seed}"
         if not (folder / "_COMPLETE").exists():
-            with staged_dir(folder) as staging:
-                build_tiny_backbone(staging, seed=seed)  # publishes atomically onto the (empty) staging folder
+            with staged_dir(folder) as staging:  # publishes atomically onto the (empty) staging folder
+                build_tiny_backbone(staging, seed=seed, spec=BACKBONE_SPECS[arch])
                 (staging / "_COMPLETE").write_text("ok")
         return str(folder)
     if arch not in (*TEXT_TO_IMAGE_ARCHS, EDITOR_ARCH):
-        known = ", ".join(TINY_PREFIX + a for a in (*TEXT_TO_IMAGE_ARCHS, EDITOR_ARCH, BACKBONE_ARCH))
+        known = ", ".join(TINY_PREFIX + a for a in (*TEXT_TO_IMAGE_ARCHS, EDITOR_ARCH, *BACKBONE_ARCHS))
         raise ValueError(f"unknown tiny architecture {ref!r}; known: {known}")
     from eliq_pipeline.tiny.diffusion import build_tiny_editor, build_tiny_pipeline
 

@@ -150,3 +150,82 @@ def test_tuples_from_conventional_negatives_only_when_no_ai_specific_render_exis
     assert len(tuples) == 16 and {t["split"] for t in tuples} == {"train", "heldout"}
     with pytest.raises(ValueError, match=r"no \['tec', 'aes', 'ali'\] negatives in families \['ai_specific'\]"):
         build_tuples(positives, negatives, 0.25, 3, 2, families=["ai_specific"])
+
+
+def _smooth_positive_generator():
+    """Positives with structure at several scales (random pixels would make blur look like denoising)."""
+    from scipy import ndimage
+
+    class Smooth(FakeGenerator):
+        def generate(self, prompts, seeds):
+            out = []
+            for prompt, seed in zip(prompts, seeds):
+                rng = np.random.default_rng(seed + len(prompt))
+                rgb = ndimage.gaussian_filter(rng.normal(size=(48, 48, 3)), sigma=(1.5, 1.5, 0))
+                out.append(Image.fromarray(np.clip(128 + 60 * rgb / rgb.std(), 0, 255).astype(np.uint8)))
+            return out
+
+    return Smooth()
+
+
+def test_graded_negatives_per_aspect_cycle_through_every_method_and_level(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(12, seed=0)
+    positives, _, _ = generate_images(store, _requests(prompts), lambda gid: _smooth_positive_generator())
+    technical, aesthetic = ("gaussian_blur", "downscale_upscale", "jpeg_recompress"), ("desaturate", "exposure_shift")
+    negatives, created, _ = build_negatives(store, positives, prompts, [], seed=3, technical_methods=technical,
+                                            aesthetic_methods=aesthetic, levels=(1, 2), per_aspect=2)
+    # two (method, level) pairs per positive and aspect, no offline editor, one shuffled prompt
+    assert created == 12 * 4
+    by_positive = {}
+    for n in negatives:
+        by_positive.setdefault(n["positive_sha256"], []).append(n)
+    for rows in by_positive.values():
+        assert sorted(r["aspect"] for r in rows) == ["aes", "aes", "ali", "tec", "tec"]
+        graded = [r for r in rows if r["aspect"] != "ali"]
+        assert all(r["severity"] in (1, 2) and '"level": %d' % r["severity"] in r["params"] for r in graded)
+    pairs = {(n["method"], n["severity"]) for n in negatives if n["aspect"] == "tec"}
+    assert pairs == {(m, lv) for m in technical for lv in (1, 2)}  # offsets spread the methods over positives
+    for rows in by_positive.values():  # each positive: one method's severity series per aspect
+        for aspect in ("tec", "aes"):
+            series = sorted((r["method"], r["severity"]) for r in rows if r["aspect"] == aspect)
+            assert len({m for m, _ in series}) == 1 and [lv for _, lv in series] == [1, 2], series
+    tuples = build_tuples(positives, negatives, heldout_fraction=0.25, seed=3, tuples_per_positive=2)
+    assert all(t["tec_severity"] in (1, 2) and t["aes_severity"] in (1, 2) for t in tuples)
+    # the same call again reuses every degradation
+    _, created_again, reused_again = build_negatives(store, positives, prompts, [], seed=3, technical_methods=technical,
+                                                     aesthetic_methods=aesthetic, levels=(1, 2), per_aspect=2)
+    assert (created_again, reused_again) == (0, 12 * 4)
+
+
+def test_unknown_or_misplaced_degradations_are_refused_before_any_work(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(2, seed=0)
+    positives, _, _ = generate_images(store, _requests(prompts), lambda gid: FakeGenerator())
+    keys_before = sorted(p.name for p in tmp_path.rglob("*.json"))
+    for kwargs, message in (({"technical_methods": ("sharpen",)}, "unknown degradation 'sharpen'"),
+                            ({"technical_methods": ("desaturate",)}, "degrades aspect 'aes', not 'tec'"),
+                            ({"levels": (1, 5)}, r"unknown severity level\(s\) \[5\]")):
+        with pytest.raises(ValueError, match=message):
+            build_negatives(store, positives, prompts, [], seed=3, **kwargs)
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == keys_before  # nothing degraded
+
+
+def test_a_degradation_without_effect_is_replaced_by_the_next_one(tmp_path):
+    """Desaturating a black-and-white image changes nothing: it is no aesthetic negative."""
+    store = LocalArtifactStore(tmp_path)
+    prompts = build_prompt_bank(6, seed=0)
+
+    class Grey(FakeGenerator):
+        def generate(self, prompts, seeds):
+            return [image.convert("L").convert("RGB") for image in _smooth_positive_generator().generate(prompts, seeds)]
+
+    positives, _, _ = generate_images(store, _requests(prompts), lambda gid: Grey())
+    no_effect = []
+    negatives, _, _ = build_negatives(store, positives, prompts, [], seed=3, technical_methods=("gaussian_blur",),
+                                      aesthetic_methods=("desaturate", "contrast_crush"), levels=(1, 2),
+                                      per_aspect=2, no_effect=no_effect)
+    aesthetic = [n for n in negatives if n["aspect"] == "aes"]
+    assert len(aesthetic) == 2 * 6 and {n["method"] for n in aesthetic} == {"contrast_crush"}
+    assert all(n["image_sha256"] != n["positive_sha256"] for n in negatives if n["image_sha256"])
+    assert no_effect and {e["method"] for e in no_effect} == {"desaturate"}

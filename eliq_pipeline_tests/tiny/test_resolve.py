@@ -48,3 +48,19 @@ def test_the_backbone_is_built_once_with_a_completion_marker(tmp_path: Path) -> 
 def test_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown tiny architecture 'tiny:dalle'"):
         tiny.resolve("tiny:dalle", tmp_path)
+
+
+def test_the_cpu_profile_backbone_sees_every_image_at_256_px(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from eliq_pipeline.critic.backbone import load_backbone
+
+    folder = Path(tiny.resolve("tiny:qwen3-vl-256", tmp_path))
+    assert folder == tmp_path / "tiny-qwen3-vl-256-0"
+    model, processor = load_backbone(str(folder))
+    assert model.config.text_config.hidden_size == 128 and model.config.vision_config.depth == 4
+    # min = max pixels: a 256 px positive and a 1024 px benchmark image both become 64 image tokens;
+    # other aspect ratios keep theirs at about the same pixel count (multiples of 32 px per side)
+    for size, tokens in (((256, 256), 64), ((1024, 1024), 64), ((1024, 768), 54)):
+        grid = processor.image_processor(images=[Image.new("RGB", size)], return_tensors="pt")["image_grid_thw"]
+        assert int(grid.prod()) // 4 == tokens, (size, grid)

@@ -29,7 +29,7 @@ from eliq_pipeline.supervision.preview import preview_markdown
 TABLE_COLUMNS = ("method", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-2")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-3")
 def benchmark_scores(
     context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, qqt_model: Path,
     eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
@@ -44,16 +44,20 @@ def benchmark_scores(
     head, _ = load_scoring_head(head_dir)
     cache = EmbeddingCache(store, namespace)
     heldout = [r for r in comparison_tuples.to_pylist() if r["split"] == "heldout"]
-    accuracies = ranking_accuracies(head, critic_data.tuple_embeddings(cache, heldout))
+    accuracies = ranking_accuracies(head, critic_data.tuple_embeddings(cache, heldout,
+                                                                       profile.settings().embed_negative_alignment))
     rows = heldout_rows(accuracies, len(heldout))
     present, skipped = load_present_benchmarks(profile.datasets_path, profile.benchmark_config())
     scatter = {}
     if present:
         positives = positive_images.to_pylist()
-        niqe_model = niqe_model_for([get_image(store, r["image_sha256"]) for r in positives], profile.niqe_params or None)
-        baselines = {"niqe": (stable_hash(niqe_model.mu.tolist(), niqe_model.cov.tolist(), length=12),
-                              make_baseline("niqe", model=niqe_model)),
-                     "piqe": ("v1", make_baseline("piqe"))}
+        # NIQE fitted on this era's positives always; with standard parameters too when given
+        niqe_models = {"niqe": niqe_model_for([get_image(store, r["image_sha256"]) for r in positives])}
+        if profile.niqe_params:
+            niqe_models["niqe-standard"] = niqe_model_for([], profile.niqe_params)
+        baselines = {name: (stable_hash(model.mu.tolist(), model.cov.tolist(), length=12),
+                            make_baseline("niqe", model=model)) for name, model in niqe_models.items()}
+        baselines["piqe"] = ("v1", make_baseline("piqe"))
     for benchmark in present:
         shas = [sha256_file(item.image_path) for item in benchmark.items]
         s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)

@@ -18,12 +18,13 @@ from eliq_pipeline.supervision.generation import (
     variants_for,
 )
 from eliq_pipeline.supervision.generators import GeneratorSpec
-from eliq_pipeline.supervision.negatives import build_negatives, low_quality_skips, sampler_skips
+from eliq_pipeline.supervision.negatives import build_negatives, check_methods, low_quality_skips, sampler_skips
 from eliq_pipeline.supervision.preview import preview_markdown, preview_png
 from eliq_pipeline.supervision.prompt_refine import refine_labels
 from eliq_pipeline.supervision.prompts import (
-    Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file,
+    Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file, prompts_from_import,
 )
+from eliq_pipeline.supervision.image_cache import stable_hash
 from eliq_pipeline.supervision.tuples import build_tuples, count_by
 
 def prompt_list(table: pa.Table) -> list[Prompt]:
@@ -60,9 +61,11 @@ def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, arti
 
 
 def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource) -> list:
-    """(method, id, editor): the deterministic offline editor always, plus the era's editing
-    pipeline (Qwen-Image-Edit in production, a toy img2img pipeline in tiny) when it names one."""
-    editors = [("offline_edit", OFFLINE_EDITOR, load_editor("offline"))]
+    """(method, id, editor): the deterministic offline editor (unless the profile names its own
+    aesthetic degradations), plus the era's editing pipeline (Qwen-Image-Edit in production, a toy
+    img2img pipeline in tiny) when it names one."""
+    own_methods = bool(profile.settings().aesthetic_methods)
+    editors = [] if own_methods else [("offline_edit", OFFLINE_EDITOR, load_editor("offline"))]
     editor_id = era.editor_for(profile.profile)
     if editor_id != OFFLINE_EDITOR:
         spec = _spec(registry, profile, editor_id)
@@ -98,14 +101,41 @@ def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profi
     ]
 
 
+def _import_prompts(registry: EraRegistry, era: Era, profile: ModelProfileResource,
+                    artifacts: ArtifactStoreResource) -> tuple[list[Prompt], list[str]]:
+    """The distinct prompts of the era's imported positives (its positive generators with backend
+    `import`, in era order; the first occurrence of a prompt wins), and those generators' ids.
+    The manifests are read without decoding any image."""
+    gids = [gid for gid in era.positive_generators if registry.generators[gid].backend == "import"]
+    if not gids:
+        raise ValueError(f"era {era.name!r}: prompt_source 'import' needs a positive generator with backend "
+                         f"'import'; its positive generators are {', '.join(era.positive_generators)}")
+    entries: list[dict] = []
+    for gid in gids:
+        spec = _spec(registry, profile, gid)
+        extra = {"client": artifacts.s3_client()} if spec.model.startswith("s3://") else {}
+        source = GENERATOR_BACKENDS.get(spec.backend)(spec, device="cpu", validate=False, **extra)
+        entries.extend(source.manifest_prompts())
+    return prompts_from_import(entries), gids
+
+
 @dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-3")
 def prompts(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
+    artifacts: ArtifactStoreResource,
 ) -> dg.Output[pa.Table]:
-    """The prompt bank of the paper's seven-category taxonomy (3.2.1), with multi-label categories."""
+    """The prompt bank of the paper's seven-category taxonomy (3.2.1), with multi-label categories;
+    or, with the profile's `prompt_source: import`, the prompts of the era's imported positives."""
     era = current_era(context, eras)
     settings = profile.settings()
-    if profile.prompts_file:  # a user's own prompts replace the generated bank
+    source = profile.prompts_file or "generated bank"
+    if settings.prompt_source == "import":  # real exports: their own prompts
+        bank, import_gids = _import_prompts(eras.load(), era, profile, artifacts)
+        source = f"import: {', '.join(import_gids)}"
+        if settings.n_prompts and len(bank) > settings.n_prompts:  # a subset (smoke runs), fixed by the era seed
+            keep = set(sorted((p.prompt_id for p in bank), key=lambda pid: stable_hash(era.seed, pid))[:settings.n_prompts])
+            bank = [p for p in bank if p.prompt_id in keep]
+    elif profile.prompts_file:  # a user's own prompts replace the generated bank
         bank = load_prompt_file(profile.prompts_file)
     else:
         bank = build_prompt_bank(settings.n_prompts, seed=settings.prompt_seed)
@@ -122,7 +152,7 @@ def prompts(
             for p in bank]
     coverage = count_by(rows, "category")
     return era_output(rows_to_table(rows), era_metadata(era, eras, profile, num_prompts=len(rows),
-                                                      source=profile.prompts_file or "generated bank",
+                                                      source=source,
                                                       variant_kinds=dg.MetadataValue.json(count_by(
                                                           [{"k": k} for r in rows for k in json.loads(r["variants"])], "k")),
                                                       category_coverage=dg.MetadataValue.json(coverage),
@@ -153,7 +183,7 @@ def positive_images(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-5", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-6", pool="gpu")
 def negative_images(
     context: dg.AssetExecutionContext, prompts: pa.Table, positive_images: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource,
@@ -166,6 +196,7 @@ def negative_images(
     skipped, with count and reason per family/method in `skipped_negatives`."""
     era = current_era(context, eras)
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
+    check_methods(settings.technical_methods, settings.aesthetic_methods, settings.severity_levels)  # before any work
     bank, positives = prompt_list(prompts), positive_images.to_pylist()
     load, batch = _generator_loader(registry, profile, artifacts), settings.generation_batch_size
     low_skipped: list[dict] = []
@@ -182,14 +213,22 @@ def negative_images(
     skipped_negatives = {**sampler_skips(positives, no_sampler), **low_quality_skips(positives, low_skipped)}
     for key, skip in skipped_negatives.items():
         context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
+    no_effect: list[dict] = []  # degradations that left a positive unchanged (replaced by the next one)
     rows, created, reused = build_negatives(store, positives, bank, low, era.seed, ai_generated=ai_rows,
-                                                editors=_editors(registry, era, profile))
+                                                editors=_editors(registry, era, profile),
+                                                technical_methods=settings.technical_methods,
+                                                aesthetic_methods=settings.aesthetic_methods or None,
+                                                levels=settings.severity_levels,
+                                                per_aspect=settings.negatives_per_aspect, no_effect=no_effect)
     preview = preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
     return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, num_negatives=len(rows),
         images_generated=low_generated + ai_generated, images_reused=low_reused + ai_reused,
         degradations_created=created, degradations_reused=reused,
+        # e.g. desaturating a black-and-white positive: no negative, the next method was made instead
+        degradations_without_effect=dg.MetadataValue.json(count_by(
+            [{"m": f"{r['method']}@{r['level']}" if r["level"] is not None else r["method"]} for r in no_effect], "m")),
         counts_by_family_aspect=dg.MetadataValue.json(count_by(rows, "family", "aspect")),
         counts_by_family_aspect_method=dg.MetadataValue.json(count_by(rows, "family", "aspect", "method")),
         # family/method -> count, reason (and count per generator) of negatives that could not be made
@@ -199,7 +238,7 @@ def negative_images(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-2")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-3")
 def comparison_tuples(
     context: dg.AssetExecutionContext, positive_images: pa.Table, negative_images: pa.Table,
     eras: EraRegistryResource, profile: ModelProfileResource,
