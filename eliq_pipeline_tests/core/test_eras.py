@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from eliq_pipeline.core.profiles import PROFILES
+
 from eliq_pipeline.core.eras import (
     IMPORT_OPTION_RULES, PARAM_RULES, SEED_MAX, ErasFileError, append_era, check_runnable, load_eras, parse_eras,
 )
@@ -28,7 +30,7 @@ def test_shipped_eras_file_has_two_tiny_eras_sharing_a_positive_generator():
 
 def test_valid_file_parses_and_expands_single_model_to_every_profile():
     registry = parse_eras(VALID)
-    assert registry.generators["a"].model == {"tiny": "tiny:flux", "production": "tiny:flux"}
+    assert registry.generators["a"].model == {name: "tiny:flux" for name in PROFILES}  # one model for every profile
     assert registry.generators["b"].model_for("production") == "org/model"
     assert registry.era("e1").editor_for("production") == "offline"
 
@@ -295,7 +297,7 @@ def test_variables_fill_model_references_plain_and_per_profile(tmp_path):
     text = _with_generator("{backend: import, model: '${ELIQ_SUPAGRUEN}/export'}").replace(
         'production: org/model}', 'production: "${ELIQ_HUB}/model"}')
     registry = parse_eras(text, Path("eras.yaml"), {"ELIQ_SUPAGRUEN": str(tmp_path), "ELIQ_HUB": "org"})
-    assert registry.generators["c"].model == {"tiny": str(folder), "production": str(folder)}
+    assert registry.generators["c"].model == {name: str(folder) for name in PROFILES}
     assert registry.generators["b"].model_for("production") == "org/model"
     check_runnable(registry, "tiny")  # the substituted folder is the one checked
     path = tmp_path / "eras.yaml"
