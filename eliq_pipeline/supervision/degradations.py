@@ -329,15 +329,16 @@ def _signed_log(low: float, high: float) -> Callable[[np.random.Generator], floa
 
 
 # Graded single edits (one look each, level 1 mild, level 2 strong): op, and per parameter the
-# distribution and its range per level. Parameters not listed are drawn by the op (a cast's tint).
+# distribution and its range per level. Ungraded (level None), each op draws from its own range;
+# parameters not listed are always drawn by the op (a cast's tint).
 GRADED_EDITS: dict[str, tuple[Callable[[Image.Image, np.random.Generator, dict[str, Any]], Image.Image],
                               dict[str, tuple[Callable[[float, float], Callable[[np.random.Generator], float]],
-                                              dict[int | None, tuple[float, float]]]]]] = {
-    "colour_cast": (_colour_cast, {"strength": (_uniform, {None: (0.2, 0.4), 1: (0.1, 0.18), 2: (0.25, 0.45)})}),
-    "desaturate": (_desaturate, {"factor": (_uniform, {None: (0.1, 0.4), 1: (0.45, 0.65), 2: (0.05, 0.3)})}),
-    "contrast_crush": (_contrast_crush, {"factor": (_uniform, {None: (0.35, 0.6), 1: (0.6, 0.75), 2: (0.3, 0.5)}),
-                                         "brightness": (_uniform, {None: (0.75, 1.25), 1: (0.9, 1.1), 2: (0.75, 1.25)})}),
-    "exposure_shift": (_exposure_shift, {"gamma": (_signed_log, {None: (0.3, 0.8), 1: (0.2, 0.35), 2: (0.5, 0.9)})}),
+                                              dict[int, tuple[float, float]]]]]] = {
+    "colour_cast": (_colour_cast, {"strength": (_uniform, {1: (0.1, 0.18), 2: (0.25, 0.45)})}),
+    "desaturate": (_desaturate, {"factor": (_uniform, {1: (0.45, 0.65), 2: (0.05, 0.3)})}),
+    "contrast_crush": (_contrast_crush, {"factor": (_uniform, {1: (0.6, 0.75), 2: (0.3, 0.5)}),
+                                         "brightness": (_uniform, {1: (0.9, 1.1), 2: (0.75, 1.25)})}),
+    "exposure_shift": (_exposure_shift, {"gamma": (_signed_log, {1: (0.2, 0.35), 2: (0.5, 0.9)})}),
 }
 _OP_DRAWN = {"colour_cast": {"tint"}}  # parameters an op draws itself (any level)
 
@@ -351,9 +352,10 @@ def _graded_edit(name: str) -> Degradation:
         if unknown:
             raise TypeError(f"{name}: unknown parameter(s) {sorted(unknown)}")
         p = dict(params)
-        for key, (distribution, per_level) in ranges.items():
-            draw = distribution(*_level_range(name, per_level, level))
-            _param(p, key, lambda draw=draw: draw(rng))
+        if level is not None:  # the level's ranges; ungraded, the op's own
+            for key, (distribution, per_level) in ranges.items():
+                draw = distribution(*_level_range(name, per_level, level))
+                _param(p, key, lambda draw=draw: draw(rng))
         return to_rgb(op(to_rgb(image), rng, p)), _with_level(p, level)
 
     edit.__name__ = name

@@ -9,11 +9,15 @@ from eliq_pipeline.supervision.image_cache import stable_hash, stable_seed
 FAMILIES = ("conventional", "ai_specific")
 
 
+def seeded_subset(ids: Iterable[str], count: int, seed: int) -> set[str]:
+    """`count` of the distinct ids, a pure function of (ids, seed): the first in hash order."""
+    return set(sorted(set(ids), key=lambda pid: stable_hash(seed, pid))[:count])
+
+
 def heldout_prompt_ids(prompt_ids: Iterable[str], fraction: float, seed: int) -> set[str]:
     """A prompt-disjoint held-out split, deterministic for the era seed."""
-    ordered = sorted(set(prompt_ids), key=lambda pid: stable_hash(seed, pid))
-    count = max(1, round(len(ordered) * fraction)) if ordered else 0
-    return set(ordered[:count])
+    distinct = set(prompt_ids)
+    return seeded_subset(distinct, max(1, round(len(distinct) * fraction)) if distinct else 0, seed)
 
 
 def build_tuples(

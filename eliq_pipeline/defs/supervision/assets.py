@@ -24,8 +24,7 @@ from eliq_pipeline.supervision.prompt_refine import refine_labels
 from eliq_pipeline.supervision.prompts import (
     Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file, prompts_from_import,
 )
-from eliq_pipeline.supervision.image_cache import stable_hash
-from eliq_pipeline.supervision.tuples import build_tuples, count_by
+from eliq_pipeline.supervision.tuples import build_tuples, count_by, seeded_subset
 
 def prompt_list(table: pa.Table) -> list[Prompt]:
     """The `prompts` asset's table as Prompt objects."""
@@ -133,7 +132,7 @@ def prompts(
         bank, import_gids = _import_prompts(eras.load(), era, profile, artifacts)
         source = f"import: {', '.join(import_gids)}"
         if settings.n_prompts and len(bank) > settings.n_prompts:  # a subset (smoke runs), fixed by the era seed
-            keep = set(sorted((p.prompt_id for p in bank), key=lambda pid: stable_hash(era.seed, pid))[:settings.n_prompts])
+            keep = seeded_subset((p.prompt_id for p in bank), settings.n_prompts, era.seed)
             bank = [p for p in bank if p.prompt_id in keep]
     elif profile.prompts_file:  # a user's own prompts replace the generated bank
         bank = load_prompt_file(profile.prompts_file)
