@@ -1,12 +1,19 @@
-"""Shared fixtures: a moto S3 endpoint (server mode) on 127.0.0.1 and a bucket in it, and one torch
-thread for the toy-sized model tests."""
+"""Shared fixtures: a moto S3 endpoint (server mode) on 127.0.0.1 and a bucket in it, a local Ray
+runtime on 127.0.0.1, and one torch thread for the toy-sized model tests."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Iterator
 
 import pytest
+
+
+# Ray reads this at import: with it, a local runtime's node IP is 127.0.0.1 and every Ray server
+# (GCS, raylet, workers) listens on 127.0.0.1 only, instead of on all interfaces.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def _free_port() -> int:
@@ -56,3 +63,18 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[str]:
+    """A real local Ray runtime (2 CPUs, 2 declared fake GPUs under the custom resource name
+    "fake_gpu", never CUDA) started by this test process on 127.0.0.1; yields its GCS address.
+    Shut down at the end of the session."""
+    import ray
+
+    ray.init(num_cpus=2, resources={"fake_gpu": 2}, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
