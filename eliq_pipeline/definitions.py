@@ -16,7 +16,9 @@ from eliq_pipeline.defs.critic.checks import qqt_beats_chance
 from eliq_pipeline.defs.evaluation.assets import benchmark_scores
 from eliq_pipeline.defs.evaluation.checks import srcc_not_below_previous_era
 from eliq_pipeline.defs.jobs import eliq_job, retrain_job
-from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
+from eliq_pipeline.defs.resources import (
+    ArtifactStoreResource, ComputeResource, EraRegistryResource, ModelProfileResource, WarehouseResource,
+)
 from eliq_pipeline.defs.resources.io_manager import EraArtifactIOManager
 from eliq_pipeline.defs.supervision.assets import comparison_tuples, negative_images, positive_images, prompts
 from eliq_pipeline.defs.supervision.checks import (
@@ -95,11 +97,35 @@ def resources_from_env(env: dict[str, str] | None = None) -> dict[str, dg.Config
                                     profile=env.get("ELIQ_PROFILE", "tiny"),
                                     s3_endpoint_url=env.get("ELIQ_S3_ENDPOINT", ""),
                                     variables_json=json.dumps(eras_variables(env), sort_keys=True)),
+        # GPU batch work on a Ray cluster when ELIQ_RAY_ADDRESS is set; in-process otherwise
+        "compute": ComputeResource(ray_address=env.get("ELIQ_RAY_ADDRESS", ""),
+                                   ray_workers=_non_negative_int(env, "ELIQ_RAY_WORKERS")),
     }
+
+
+def _non_negative_int(env: dict[str, str], name: str) -> int:
+    raw = (env.get(name) or "0").strip()
+    if not raw.isdigit():
+        raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
+def executor_from_env(env: dict[str, str]) -> dg.ExecutorDefinition | None:
+    """ELIQ_EXECUTOR=k8s (deploy/): one Kubernetes pod per step (dagster-k8s's k8s_job_executor),
+    so the GPU steps' `dagster-k8s/config` tags put them on GPU nodes. Unset: Dagster's default."""
+    name = env.get("ELIQ_EXECUTOR", "")
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name:
+        raise ValueError(f"ELIQ_EXECUTOR must be 'k8s' or unset, got {name!r}")
+    return None
 
 
 def build_definitions(env: dict[str, str] | None = None) -> dg.Definitions:
     return dg.Definitions(
+        executor=executor_from_env(dict(os.environ if env is None else env)),
         assets=ELIQ_ASSETS,
         asset_checks=ELIQ_CHECKS,
         jobs=[eliq_job, retrain_job],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Sequence
 
 import pyarrow as pa
@@ -18,6 +19,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from eliq_pipeline.core.compute import Compute, InProcessCompute, ItemFailure, raise_failures
+from eliq_pipeline.critic.embeddings import AspectEmbedder
 
 
 def prompt_hash(prompt: str | None) -> str:
@@ -86,20 +90,67 @@ class EmbeddingCache:
         self,
         requests: Iterable[EmbeddingRequest],
         load_image: Callable[[str], Image.Image],
-        embed: Callable[[list[Image.Image], list[str], list[str | None]], torch.Tensor],
+        embed: Callable[[list[Image.Image], list[str], list[str | None]], torch.Tensor] | AspectEmbedder,
         shard_size: int = 256,
         progress: Callable[[int, int], None] | None = None,
+        compute: Compute | None = None,
     ) -> tuple[int, int]:
-        """Compute what is missing, shard by shard. Returns (computed, reused)."""
+        """Compute what is missing, shard by shard. Returns (computed, reused).
+
+        ``embed``: an :class:`AspectEmbedder` (loads its model once; runs on any ``compute``
+        backend, default this process), or a function (images, aspects, prompts) -> embeddings
+        run in this process. A shard is stored as soon as it is computed; its images are decoded
+        when it is sent. An image that cannot be embedded fails alone: the rest is stored, then
+        one error names it.
+        """
         unique = list(dict.fromkeys(requests))
         index = self.index()
         todo = [r for r in unique if r.key(self.namespace) not in index]
-        for start in range(0, len(todo), shard_size):
-            chunk = todo[start : start + shard_size]
-            loaded: dict[str, Image.Image] = {}  # one decode per image, not per aspect
-            images = [loaded.setdefault(r.image_sha256, load_image(r.image_sha256)) if r.image_sha256 not in loaded
-                      else loaded[r.image_sha256] for r in chunk]
-            self.add(chunk, embed(images, [r.aspect for r in chunk], [r.prompt for r in chunk]))
+        if isinstance(embed, AspectEmbedder):
+            if compute is not None and compute.name != "in_process":
+                embed = embed.portable()  # a worker elsewhere cannot read the adapter folder
+            factory, work = embed.load, embed
+        elif compute is not None:
+            raise TypeError("a compute backend runs an AspectEmbedder, not a function")
+        else:
+            factory, work = _no_model, partial(_embed_with_function, embed)
+        done = 0
+        unreadable: list[ItemFailure] = []
+
+        def shards():  # (request, image) items; a shard's images are decoded when it is sent
+            for start in range(0, len(todo), shard_size):
+                loaded: dict[str, Image.Image] = {}  # one decode (one image object) per image, not per aspect
+                chunk = todo[start : start + shard_size]
+                for r in chunk:
+                    if r.image_sha256 not in loaded:
+                        try:
+                            loaded[r.image_sha256] = load_image(r.image_sha256)
+                        except Exception as exc:  # an unreadable image fails alone
+                            loaded[r.image_sha256] = None
+                            unreadable.append(ItemFailure(start // shard_size, f"image {r.image_sha256}",
+                                                          f"{type(exc).__name__}: {exc}"))
+                items = [(r, loaded[r.image_sha256]) for r in chunk if loaded[r.image_sha256] is not None]
+                if items:
+                    yield items
+
+        def store(_shard: int, items: list[tuple[EmbeddingRequest, Image.Image]], embeddings: list[torch.Tensor]) -> None:
+            nonlocal done
+            self.add([request for request, _ in items], torch.stack(embeddings))
+            done += len(items)
             if progress:
-                progress(min(start + shard_size, len(todo)), len(todo))
+                progress(done, len(todo))
+
+        runner = compute or InProcessCompute()
+        failures = runner.map_shards(factory, work, shards(), store,
+                                     describe=lambda item: f"image {item[0].image_sha256} ({item[0].aspect})")
+        raise_failures(unreadable + failures, "aspect embeddings")
         return len(todo), len(unique) - len(todo)
+
+
+def _no_model() -> None:
+    return None
+
+
+def _embed_with_function(embed: Callable[[list[Image.Image], list[str], list[str | None]], torch.Tensor],
+                         _model: None, items: list[tuple[EmbeddingRequest, Image.Image]]) -> list[torch.Tensor]:
+    return list(embed([image for _, image in items], [r.aspect for r, _ in items], [r.prompt for r, _ in items]).unbind(0))

@@ -7,6 +7,9 @@ exactly where the SFT taught the model to decide low vs high, so its state summa
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -55,3 +58,47 @@ def extract_aspect_embeddings(
         if progress is not None:
             progress(done, n)
     return out
+
+
+@dataclass
+class AspectEmbedder:
+    """Loads the tuned backbone once and embeds (image, aspect, prompt) queries: the model factory
+    and the work of :meth:`EmbeddingCache.ensure <eliq_pipeline.critic.embedding_cache.EmbeddingCache.ensure>`
+    on any compute backend. Picklable; :meth:`portable` embeds the adapter's files so that a
+    worker on another machine (which cannot see ``adapter_dir``) loads the same adapter.
+    ``device`` may be "auto" (resolved where the model is loaded)."""
+
+    adapter_dir: str
+    base: str | None = None  # the base backbone (hub id or folder); None: the one the adapter names
+    device: str = "auto"
+    batch_size: int = 8
+    adapter_files: dict[str, bytes] | None = None
+
+    def portable(self) -> "AspectEmbedder":
+        root = Path(self.adapter_dir)
+        files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return replace(self, adapter_files=files)
+
+    def _device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load(self) -> tuple[Any, Any]:
+        from eliq_pipeline.critic.instruction_tuning import load_tuned_backbone
+
+        adapter_dir = Path(self.adapter_dir)
+        if self.adapter_files is not None:  # unpacked once per worker process
+            adapter_dir = Path(tempfile.mkdtemp(prefix="eliq-adapter-"))
+            for name, data in self.adapter_files.items():
+                (adapter_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                (adapter_dir / name).write_bytes(data)
+        return load_tuned_backbone(adapter_dir, base_override=self.base, device=self._device())
+
+    def __call__(self, model_processor: tuple[Any, Any], items: list[tuple[Any, Image.Image]]) -> list[torch.Tensor]:
+        """Items: (request with ``aspect`` and ``prompt``, image); one embedding per item."""
+        model, processor = model_processor
+        states = extract_aspect_embeddings(model, processor, [image for _, image in items],
+                                           [r.aspect for r, _ in items], [r.prompt for r, _ in items],
+                                           batch_size=self.batch_size, device=self._device())
+        return list(states.unbind(0))

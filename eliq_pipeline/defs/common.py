@@ -20,6 +20,21 @@ GROUP_SUPERVISION = "supervision"
 GROUP_CRITIC = "critic"
 GROUP_EVALUATION = "evaluation"
 
+# Op tags of the `gpu`-pool assets: on Kubernetes (deploy/, the k8s_job_executor) each such step
+# gets a pod with one GPU. Requesting `nvidia.com/gpu` alone already schedules the pod on a GPU node
+# (only those advertise the resource), so no provider-specific node label is needed; the toleration
+# lets it onto nodes carrying the usual `nvidia.com/gpu` taint. Local executors ignore these tags.
+GPU_STEP_TAGS: dict[str, Any] = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+        },
+        "pod_spec_config": {
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    },
+}
+
 
 def era_asset_check(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetChecksDefinition]:
     """`@dg.asset_check`, partitioned by era like the asset it checks, so the check reads that era's

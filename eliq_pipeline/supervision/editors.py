@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -201,6 +202,25 @@ class DiffusersEditor:
     def close(self) -> None:
         self._loader.close()
         self.pipeline = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class EditorFactory:
+    """Loads a diffusers editor from its spec: picklable, so a Ray worker loads it (see
+    core/compute.py). ``device`` may be "auto" (resolved where it is loaded)."""
+
+    spec: GeneratorSpec
+    device: str = "auto"
+
+    def __call__(self) -> "DiffusersEditor":
+        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return load_editor("diffusers", self.spec, device=device)
+
+    def revision(self) -> str:
+        """What `DiffusersEditor.model_revision` returns, without loading the pipeline."""
+        from eliq_pipeline.supervision.generators import model_revision
+
+        return model_revision(self.spec.model, self.spec.params.get("revision"))
 
 
 def load_editor(name: str, spec: GeneratorSpec | None = None, device: str = "cpu", **kwargs: Any) -> Any:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
+from eliq_pipeline.core.compute import Compute, InProcessCompute, ItemFailure, raise_failures
+from eliq_pipeline.supervision.backends import GeneratorFactory
 from eliq_pipeline.supervision.image_cache import Store, cached_entry, put_image, stable_hash, stable_seed
 from eliq_pipeline.supervision.prompts import Prompt, aesthetic_degraded_prompt, degraded_prompt, prompt_variants
 
@@ -62,6 +65,7 @@ def generate_images(
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    compute: Compute | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Generate (or reuse) one image per request. Returns manifest rows, generated count, reused count.
 
@@ -74,14 +78,21 @@ def generate_images(
     than 0 is kept as is. Rows of one generator with the same image content (the same file listed
     twice) are kept once: the later ones go to `skipped` with reason "duplicate image content".
     Each generator is loaded once.
+
+    ``compute`` (core/compute.py): where the missing images are rendered, in shards of
+    ``batch_size`` requests; None: in this process. A Ray backend needs a `GeneratorFactory`
+    (picklable; plans cache keys without loading a sampler on the driver).
     """
     load = _memoized(load_generator)
-    rows, generated = _generate_aligned(store, _expand_images(requests, load), load, batch_size, progress, skipped)
+    rows, generated = _generate_aligned(store, _expand_images(requests, load), load, batch_size, progress, skipped,
+                                        compute)
     done_rows = _drop_duplicate_content([row for row in rows if row is not None], skipped)
     return done_rows, generated, sum(1 for row in done_rows if row["reused"])
 
 
 def _memoized(load_generator: Callable[[str], Generator]) -> Callable[[str], Generator]:
+    if isinstance(load_generator, GeneratorFactory):  # memoizes itself, and must stay picklable
+        return load_generator
     loaded: dict[str, Generator] = {}
 
     def load(gid: str) -> Generator:
@@ -96,6 +107,9 @@ def _expand_images(requests: Sequence[GenerationRequest], load: Callable[[str], 
     """One request per image of each prompt an `ImageSource` holds several images of."""
     out: list[GenerationRequest] = []
     for request in requests:
+        if isinstance(load, GeneratorFactory) and not load.is_source(request.generator_id):
+            out.append(request)  # a sampler: one image per request, and no need to load it here
+            continue
         backend = load(request.generator_id)
         count = backend.image_count(request.text) if isinstance(backend, ImageSource) else 1
         if count > 1 and request.image_index == 0:
@@ -128,26 +142,33 @@ def _generate_aligned(
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    compute: Compute | None = None,
 ) -> tuple[list[dict[str, Any] | None], int]:
     """`generate_images`, with one entry per request (None where the request was skipped)."""
     rows: list[dict[str, Any] | None] = [None] * len(requests)
-    pending: dict[str, list[int]] = {}
+    pending: dict[tuple[str, int | None], list[int]] = {}
     revisions: dict[str, str] = {}
-    generators: dict[str, Generator] = {}
+    sources: dict[str, Any] = {}
     keys: list[str] = []
 
-    def generator(gid: str) -> Generator:
-        if gid not in generators:
-            generators[gid] = load_generator(gid)
-            revisions[gid] = generators[gid].model_revision()
-        return generators[gid]
+    def plan(gid: str) -> Any:
+        """The generator's image source (None for a sampler); fills `revisions`. A GeneratorFactory
+        answers without loading a sampler; a plain loader function loads the generator."""
+        if gid not in revisions:
+            if isinstance(load_generator, GeneratorFactory) and not load_generator.is_source(gid):
+                sources[gid], revisions[gid] = None, load_generator.revision(gid) or ""
+            else:
+                backend = load_generator(gid)
+                sources[gid] = backend if isinstance(backend, ImageSource) else None
+                revisions[gid] = backend.model_revision()
+        return sources[gid]
 
     for index, request in enumerate(requests):
-        backend = generator(request.generator_id)
-        if isinstance(backend, ImageSource) and not backend.has_image(request.text):
+        source = plan(request.generator_id)
+        if source is not None and not source.has_image(request.text):
             if skipped is not None:
                 skipped.append({"generator": request.generator_id, "prompt": request.text,
-                                "reason": backend.skip_reason(request.text) or "not in the import manifest"})
+                                "reason": source.skip_reason(request.text) or "not in the import manifest"})
             keys.append("")
             continue
         parts = [request.generator_id, revisions[request.generator_id], request.text, request.params]
@@ -165,24 +186,45 @@ def _generate_aligned(
 
     generated = 0
     done = len(requests) - sum(len(v) for v in pending.values())
-    for (gid, stop_step), indices in pending.items():
-        for start in range(0, len(indices), max(1, batch_size)):
-            chunk = indices[start : start + max(1, batch_size)]
-            texts = [requests[i].text for i in chunk]
-            seeds = [int(requests[i].params["seed"]) for i in chunk]
-            extra: dict[str, Any] = {} if stop_step is None else {"stop_step": stop_step}
-            if isinstance(generator(gid), ImageSource):
-                extra["indices"] = [int(requests[i].image_index) for i in chunk]
-            images = generator(gid).generate(texts, seeds, **extra)
-            for i, image in zip(chunk, images):
-                sha = put_image(store, image)
-                store.put_bytes(keys[i], json.dumps({"image_sha256": sha, "generator": gid}).encode())
-                rows[i] = _generation_row(requests[i], revisions, sha, keys[i], reused=False)
-                generated += 1
-            done += len(chunk)
-            if progress:
-                progress(done, len(requests))
+    failures: list[ItemFailure] = []
+
+    def persist(_shard: int, items: list[tuple], images: list[Image.Image]) -> None:
+        nonlocal generated, done
+        for (i, *_rest), image in zip(items, images):
+            sha = put_image(store, image)
+            store.put_bytes(keys[i], json.dumps({"image_sha256": sha, "generator": requests[i].generator_id}).encode())
+            rows[i] = _generation_row(requests[i], revisions, sha, keys[i], reused=False)
+            generated += 1
+        done += len(items)
+        if progress:
+            progress(done, len(requests))
+
+    for gid in dict.fromkeys(g for g, _ in pending):
+        shards = [[(i, requests[i].text, int(requests[i].params["seed"]), stop_step, int(requests[i].image_index))
+                   for i in indices[start : start + max(1, batch_size)]]
+                  for (g, stop_step), indices in pending.items() if g == gid
+                  for start in range(0, len(indices), max(1, batch_size))]
+        if compute is None:  # in this process, with the caller's loader (any callable)
+            runner, factory = InProcessCompute(), partial(load_generator, gid)
+        elif isinstance(load_generator, GeneratorFactory):  # a worker loads the generator from its spec
+            runner, factory = compute, load_generator.for_generator(gid)
+        else:
+            raise TypeError(f"compute backend {compute.name!r} loads generators in its workers: pass a "
+                            f"GeneratorFactory, not {type(load_generator).__name__}")
+        failures += runner.map_shards(factory, render_shard, shards, persist,
+                                      describe=lambda item: f"{requests[item[0]].generator_id}: {item[1][:80]!r}")
+    raise_failures(failures, "image generation")
     return rows, generated
+
+
+def render_shard(generator: Generator, items: list[tuple]) -> list[Image.Image]:
+    """One shard of generation work: items (request index, text, seed, stop_step, image_index)
+    of one generator and one stop_step, rendered in one call."""
+    stop_step = items[0][3]
+    extra: dict[str, Any] = {} if stop_step is None else {"stop_step": stop_step}
+    if isinstance(generator, ImageSource):
+        extra["indices"] = [item[4] for item in items]
+    return generator.generate([item[1] for item in items], [item[2] for item in items], **extra)
 
 
 def _generation_row(
@@ -252,12 +294,13 @@ def generate_ai_specific(
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    compute: Compute | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Render the planned AI-specific negatives (see `ai_specific_requests`); each row carries its
     `method` and `method_params`. A skipped request drops only its own row (rows stay matched to
     their methods). Returns rows, generated count, reused count."""
-    aligned, generated = _generate_aligned(store, [r for r, _, _ in planned], load_generator, batch_size,
-                                           progress, skipped)
+    aligned, generated = _generate_aligned(store, [r for r, _, _ in planned], _memoized(load_generator), batch_size,
+                                           progress, skipped, compute)
     rows = []
     for row, (_, method, params) in zip(aligned, planned):
         if row is not None:

@@ -4,10 +4,12 @@ low-quality generators, AI-specific renders and shuffled prompts, and what could
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from eliq_pipeline.core.compute import Compute, raise_failures
 from eliq_pipeline.supervision.degradations import DEGRADATIONS
 from eliq_pipeline.supervision.generation import AI_SPECIFIC_METHODS
 from eliq_pipeline.supervision.image_cache import Store, cached_entry, get_image, put_image, stable_hash, stable_seed
@@ -135,21 +137,84 @@ def _negative_row(positive: dict[str, Any], aspect: str, family: str, method: st
 EDIT_CODE_VERSION = "edit-1"
 
 
+def _edit_key(positive_sha: str, editor_id: str, revision: str) -> str:
+    return "cache/edits/" + stable_hash(positive_sha, editor_id, revision, EDIT_CODE_VERSION) + ".json"
+
+
+def _edit_instruction(positive_sha: str, instructions: list[str] | None) -> tuple[str, int]:
+    """The instruction and seed of a positive's edit: a function of the positive only."""
+    from eliq_pipeline.supervision.editors import choose_instruction
+
+    seed = stable_seed(positive_sha, "edit") % (2**31)
+    return choose_instruction(seed, instructions), seed
+
+
+def _put_edit(store: Store, key: str, editor_id: str, image: Any, params: dict[str, Any]) -> dict[str, Any]:
+    entry = {"image_sha256": put_image(store, image), "params": {"editor": editor_id, **params}}
+    store.put_bytes(key, json.dumps(entry, sort_keys=True, default=float).encode())
+    return entry
+
+
 def edit_negative(store: Store, positive_sha: str, editor: Editor, editor_id: str) -> tuple[dict[str, Any], bool]:
     """Conventional aesthetic negative: an instruction edit degrading composition or colour while
     keeping the content; the instruction and seed are a function of the positive (cached)."""
-    from eliq_pipeline.supervision.editors import choose_instruction
-
-    key = "cache/edits/" + stable_hash(positive_sha, editor_id, editor.model_revision(), EDIT_CODE_VERSION) + ".json"
+    key = _edit_key(positive_sha, editor_id, editor.model_revision())
     entry = cached_entry(store, key)
     if entry is not None:
         return entry, True
-    seed = stable_seed(positive_sha, "edit") % (2**31)
-    instruction = choose_instruction(seed, getattr(editor, "instructions", None))
+    instruction, seed = _edit_instruction(positive_sha, getattr(editor, "instructions", None))
     image, params = editor.edit(get_image(store, positive_sha), instruction, seed)
-    entry = {"image_sha256": put_image(store, image), "params": {"editor": editor_id, **params}}
-    store.put_bytes(key, json.dumps(entry, sort_keys=True, default=float).encode())
-    return entry, False
+    return _put_edit(store, key, editor_id, image, params), False
+
+
+def edit_shard(editor: Editor, items: list[tuple[Any, str, int]]) -> list[tuple[Any, dict[str, Any]]]:
+    """One shard of model edits: items (image, instruction, seed) -> (edited image, params)."""
+    return [editor.edit(image, instruction, seed) for image, instruction, seed in items]
+
+
+def precompute_edits(store: Store, positive_shas: Iterable[str], editor_id: str, revision: str,
+                     load_editor: Callable[[], Editor], compute: Compute, shard_size: int = 4) -> int:
+    """Render the model edits that `edit_negative` would make and are not cached yet, on `compute`
+    (a Ray cluster: the driver never loads the editor), into the same cache entries; then
+    `build_negatives` with a :class:`PrecomputedEditor` finds every one cached. Returns how many
+    were rendered. A positive whose edit fails is named after all others are stored."""
+    todo = [(sha, _edit_key(sha, editor_id, revision)) for sha in dict.fromkeys(positive_shas)]
+    todo = [(sha, key) for sha, key in todo if cached_entry(store, key) is None]
+    keys = [key for _, key in todo]
+
+    def shards():  # positives are decoded when their shard is sent
+        for start in range(0, len(todo), shard_size):
+            yield [(start + k, get_image(store, sha), *_edit_instruction(sha, None))
+                   for k, (sha, _) in enumerate(todo[start : start + shard_size])]
+
+    def store_edits(_shard: int, items: list, results: list) -> None:
+        for (position, *_), (image, params) in zip(items, results):
+            _put_edit(store, keys[position], editor_id, image, params)
+
+    failures = compute.map_shards(load_editor, partial(_strip_position, edit_shard), shards(), store_edits,
+                                  describe=lambda item: f"positive {todo[item[0]][0]}")
+    raise_failures(failures, f"model edits ({editor_id})")
+    return len(todo)
+
+
+def _strip_position(work: Callable[[Any, list], list], model: Any, items: list[tuple]) -> list:
+    return work(model, [item[1:] for item in items])
+
+
+class PrecomputedEditor:
+    """An editor whose edits `precompute_edits` already cached: it has a revision (the cache key)
+    and never edits (the model lives on the compute workers, not here)."""
+
+    instructions = None  # as the diffusers editor: the default instruction list
+
+    def __init__(self, revision: str) -> None:
+        self.revision = revision
+
+    def model_revision(self) -> str:
+        return self.revision
+
+    def edit(self, image: Any, instruction: str, seed: int) -> tuple[Any, dict[str, Any]]:
+        raise RuntimeError("this edit was not precomputed (precompute_edits runs before build_negatives)")
 
 
 def build_negatives(

@@ -12,15 +12,17 @@ from eliq_pipeline import tiny
 from eliq_pipeline.core.atomic import staged_dir
 from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
-from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
+from eliq_pipeline.critic.embeddings import AspectEmbedder
 from eliq_pipeline.critic.head.checkpoints import save_scoring_head
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import (
-    adapter_fingerprint, load_tuned_backbone, pseudo_label_examples, save_tuned_backbone, tune_backbone,
+    adapter_fingerprint, pseudo_label_examples, save_tuned_backbone, tune_backbone,
 )
-from eliq_pipeline.defs.common import GROUP_CRITIC, current_era, era_metadata, era_output, rows_to_table
+from eliq_pipeline.defs.common import GPU_STEP_TAGS, GROUP_CRITIC, current_era, era_metadata, era_output, rows_to_table
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
-from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+from eliq_pipeline.defs.resources import (
+    ArtifactStoreResource, ComputeResource, EraRegistryResource, ModelProfileResource,
+)
 from eliq_pipeline.evaluation.benchmark_inputs import benchmark_requests, image_loader
 from eliq_pipeline.supervision.image_cache import get_image
 
@@ -42,7 +44,8 @@ def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path
     return Path(profile.home) / "work" / era / "outputs" / name
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-3", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-3", pool="gpu",
+          op_tags=GPU_STEP_TAGS)
 def tuned_mllm(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource,
@@ -77,13 +80,15 @@ def tuned_mllm(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-2", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-2", pool="gpu",
+          op_tags=GPU_STEP_TAGS)
 def aspect_embeddings(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, tuned_mllm: Path, eras: EraRegistryResource,
-    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource, compute: ComputeResource,
 ) -> dg.Output[pa.Table]:
     """z_tec, z_aes, z_ali (3.3.2) for every tuple image and every benchmark image found, through a
-    cache keyed by (adapter hash, image sha256, aspect, prompt hash)."""
+    cache keyed by (adapter hash, image sha256, aspect, prompt hash); computed in this process or
+    on Ray (`compute`)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     adapter_dir = tuned_mllm
@@ -92,18 +97,11 @@ def aspect_embeddings(
     requests = critic_data.all_tuple_requests(comparison_tuples.to_pylist(), settings.embed_negative_alignment)
     bench_requests, bench_paths, bench_counts = benchmark_requests(profile.datasets_path, profile.benchmark_config())
     requests += bench_requests
-    model_holder: dict = {}
-
-    def embed(images, aspects, prompts):
-        if not model_holder:  # load the backbone only when something is missing
-            model_holder["mp"] = load_tuned_backbone(adapter_dir, base_override=tiny.resolve(settings.backbone, profile.models_dir),
-                                                     device=profile.torch_device())
-        model, processor = model_holder["mp"]
-        return extract_aspect_embeddings(model, processor, images, aspects, prompts,
-                                         batch_size=settings.embed_batch_size, device=profile.torch_device())
-
-    computed, reused = cache.ensure(requests, image_loader(store, bench_paths), embed,
-                                    progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"))
+    embedder = AspectEmbedder(str(adapter_dir), base=tiny.resolve(settings.backbone, profile.models_dir),
+                              device=profile.device, batch_size=settings.embed_batch_size)
+    computed, reused = cache.ensure(requests, image_loader(store, bench_paths), embedder,
+                                    progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"),
+                                    compute=compute.compute())
     index = [{"key": r.key(namespace), "image_sha256": r.image_sha256, "aspect": r.aspect,
               "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
     table = rows_to_table(index)

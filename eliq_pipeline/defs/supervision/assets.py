@@ -6,19 +6,24 @@ import dagster as dg
 import pyarrow as pa
 
 from eliq_pipeline import tiny
+from eliq_pipeline.core.compute import Compute
 from eliq_pipeline.core.eras import OFFLINE_EDITOR, Era, EraRegistry
-from eliq_pipeline.defs.common import GROUP_SUPERVISION, current_era, era_metadata, era_output, rows_to_table
+from eliq_pipeline.defs.common import GPU_STEP_TAGS, GROUP_SUPERVISION, current_era, era_metadata, era_output, rows_to_table
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
-from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource
+from eliq_pipeline.defs.resources import (
+    ArtifactStoreResource, ComputeResource, EraRegistryResource, ModelProfileResource,
+)
 from eliq_pipeline.defs.resources.io_manager import era_key
-from eliq_pipeline.supervision.backends import GENERATOR_BACKENDS, can_sample
-from eliq_pipeline.supervision.editors import load_editor
+from eliq_pipeline.supervision.backends import GENERATOR_BACKENDS, GeneratorFactory, can_sample
+from eliq_pipeline.supervision.editors import EditorFactory, load_editor
 from eliq_pipeline.supervision.generation import (
     GenerationRequest, ImageSource, ai_specific_requests, generate_ai_specific, generate_images, generation_params,
     variants_for,
 )
 from eliq_pipeline.supervision.generators import GeneratorSpec
-from eliq_pipeline.supervision.negatives import build_negatives, check_methods, low_quality_skips, sampler_skips
+from eliq_pipeline.supervision.negatives import (
+    PrecomputedEditor, build_negatives, check_methods, low_quality_skips, precompute_edits, sampler_skips,
+)
 from eliq_pipeline.supervision.preview import preview_markdown, preview_png
 from eliq_pipeline.supervision.prompt_refine import refine_labels
 from eliq_pipeline.supervision.prompts import (
@@ -45,30 +50,31 @@ def _spec(registry: EraRegistry, profile: ModelProfileResource, gid: str) -> Gen
     return GeneratorSpec(id=gid, backend=entry.backend, model=model, params={**_defaults(profile), **entry.params})
 
 
-def _generator_loader(registry: EraRegistry, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
-                      loaded: dict | None = None):
-    def load(gid: str):
-        spec = _spec(registry, profile, gid)
-        # an s3:// import source is read with the store's client (endpoint, credentials)
-        extra = {"client": artifacts.s3_client()} if spec.model.startswith("s3://") else {}
-        backend = GENERATOR_BACKENDS.get(spec.backend)(spec, device=profile.torch_device(), **extra)
-        if loaded is not None:
-            loaded[gid] = backend
-        return backend
-
-    return load
+def _generator_factory(registry: EraRegistry, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+                       gids) -> GeneratorFactory:
+    """Loads the generators `gids` by id, here or in a Ray worker (picklable); `loaded` keeps
+    those loaded in this process (import sources, for their reports)."""
+    return GeneratorFactory({gid: _spec(registry, profile, gid) for gid in dict.fromkeys(gids)}, device=profile.device,
+                            s3_endpoint_url=artifacts.s3_endpoint_url, s3_region=artifacts.s3_region)
 
 
-def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource) -> list:
+def _editors(registry: EraRegistry, era: Era, profile: ModelProfileResource, store, positives: list[dict],
+             runner: Compute | None) -> list:
     """(method, id, editor): the deterministic offline editor (unless the profile names its own
     aesthetic degradations), plus the era's editing pipeline (Qwen-Image-Edit in production, a toy
-    img2img pipeline in tiny) when it names one."""
+    img2img pipeline in tiny) when it names one. On Ray (`runner`) the missing edits are rendered
+    by the workers first, and the editor here only finds them cached."""
     own_methods = bool(profile.settings().aesthetic_methods)
     editors = [] if own_methods else [("offline_edit", OFFLINE_EDITOR, load_editor("offline"))]
     editor_id = era.editor_for(profile.profile)
     if editor_id != OFFLINE_EDITOR:
-        spec = _spec(registry, profile, editor_id)
-        editors.append(("model_edit", editor_id, load_editor("diffusers", spec, device=profile.torch_device())))
+        factory = EditorFactory(_spec(registry, profile, editor_id), device=profile.device)
+        if runner is None:
+            editor = factory()
+        else:
+            precompute_edits(store, [p["image_sha256"] for p in positives], editor_id, factory.revision(), factory, runner)
+            editor = PrecomputedEditor(factory.revision())
+        editors.append(("model_edit", editor_id, editor))
     return editors
 
 
@@ -83,8 +89,9 @@ def _without_sampler(registry: EraRegistry, generator_ids) -> dict[str, str]:
     return out
 
 
-def _import_reports(loaded: dict) -> dict:
-    return {gid: backend.report().as_metadata() for gid, backend in loaded.items() if isinstance(backend, ImageSource)}
+def _import_reports(factory: GeneratorFactory) -> dict:
+    return {gid: backend.report().as_metadata() for gid, backend in factory.loaded.items()
+            if isinstance(backend, ImageSource)}
 
 
 def _progress(context: dg.AssetExecutionContext, what: str):
@@ -159,33 +166,35 @@ def prompts(
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2", pool="gpu",
+          op_tags=GPU_STEP_TAGS)
 def positive_images(
     context: dg.AssetExecutionContext, prompts: pa.Table, eras: EraRegistryResource, profile: ModelProfileResource,
-    artifacts: ArtifactStoreResource,
+    artifacts: ArtifactStoreResource, compute: ComputeResource,
 ) -> dg.Output[pa.Table]:
     """One image per (prompt, positive generator) of the era (3.2.2); a generator shared with an
-    earlier era reuses its cached images."""
+    earlier era reuses its cached images. Rendered in this process or on Ray (`compute`)."""
     era: Era = current_era(context, eras)
     registry, store = eras.load(), artifacts.store()
     requests = _requests(registry, era.positive_generators, prompt_list(prompts), profile)
-    loaded, skipped = {}, []
-    rows, generated, reused = generate_images(store, requests, _generator_loader(registry, profile, artifacts, loaded),
-                                                  profile.settings().generation_batch_size, _progress(context, "positives"),
-                                                  skipped=skipped)
+    factory, skipped = _generator_factory(registry, profile, artifacts, era.positive_generators), []
+    rows, generated, reused = generate_images(store, requests, factory, profile.settings().generation_batch_size,
+                                              _progress(context, "positives"), skipped=skipped,
+                                              compute=compute.compute())
     for skip in skipped:
         context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
     return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
         images_skipped=len(skipped), per_generator=dg.MetadataValue.json(count_by(rows, "generator")),
-        import_reports=dg.MetadataValue.json(_import_reports(loaded)),
+        import_reports=dg.MetadataValue.json(_import_reports(factory)),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-6", pool="gpu")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-6", pool="gpu",
+          op_tags=GPU_STEP_TAGS)
 def negative_images(
     context: dg.AssetExecutionContext, prompts: pa.Table, positive_images: pa.Table, eras: EraRegistryResource,
-    profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+    profile: ModelProfileResource, artifacts: ArtifactStoreResource, compute: ComputeResource,
 ) -> dg.Output[pa.Table]:
     """Aspect-specific negatives per positive (3.2.3), conventional and AI-specific: repeated JPEG,
     Gaussian noise, degraded prompts, premature decoding (tec); the editor, low-quality generators,
@@ -197,24 +206,25 @@ def negative_images(
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
     check_methods(settings.technical_methods, settings.aesthetic_methods, settings.severity_levels)  # before any work
     bank, positives = prompt_list(prompts), positive_images.to_pylist()
-    load, batch = _generator_loader(registry, profile, artifacts), settings.generation_batch_size
+    load = _generator_factory(registry, profile, artifacts, [*era.low_quality_generators, *era.positive_generators])
+    batch, runner = settings.generation_batch_size, compute.compute()
     low_skipped: list[dict] = []
     low, low_generated, low_reused = generate_images(
         store, _requests(registry, era.low_quality_generators, bank, profile), load, batch,
-        _progress(context, "low-quality"), skipped=low_skipped)
+        _progress(context, "low-quality"), skipped=low_skipped, compute=runner)
     # AI-specific renders need the positive's own sampler: planned only for generators that have
     # one; for the others (imported images) they are skipped and reported, the rest is built.
     no_sampler = _without_sampler(registry, era.positive_generators)
     samplers = [gid for gid in era.positive_generators if gid not in no_sampler]
     planned = ai_specific_requests(_requests(registry, samplers, bank, profile), settings.premature_fraction)
     ai_rows, ai_generated, ai_reused = generate_ai_specific(store, planned, load, batch,
-                                                                _progress(context, "AI-specific"))
+                                                            _progress(context, "AI-specific"), compute=runner)
     skipped_negatives = {**sampler_skips(positives, no_sampler), **low_quality_skips(positives, low_skipped)}
     for key, skip in skipped_negatives.items():
         context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
     no_effect: list[dict] = []  # degradations that left a positive unchanged (replaced by the next one)
     rows, created, reused = build_negatives(store, positives, bank, low, era.seed, ai_generated=ai_rows,
-                                                editors=_editors(registry, era, profile),
+                                                editors=_editors(registry, era, profile, store, positives, runner),
                                                 technical_methods=settings.technical_methods,
                                                 aesthetic_methods=settings.aesthetic_methods or None,
                                                 levels=settings.severity_levels,
