@@ -4,7 +4,9 @@ Over 400 lines: an entry point (two commands, their resumable output and locking
 
 `eliq score` is built for long unattended runs: one unreadable image becomes an error row instead
 of stopping the run, the output file is rewritten atomically after every chunk, and a rerun keeps
-the rows already scored (by image + prompt) and scores only the rest.
+the rows already scored (by image + prompt) and scores only the rest. Inputs are a folder, a CSV
+or an ``s3://bucket/prefix``; with ``--ray ADDRESS`` the images are scored by a pool of scorers on a
+Ray cluster (eliq_pipeline.ray_scoring) into the same resumable output.
 
 Runs sharing an --out take turns: each holds an exclusive lock (flock on ``<out>.lock``) for its
 whole run, so a second run waits, then reads what the first wrote and adds its own rows; no row
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +38,11 @@ LEGACY_OUTPUT_COLUMNS: tuple[str, ...] = ("image", "prompt", "s_vis", "s_ali", "
 LOCK_SUFFIX = ".lock"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 OUTPUT_SUFFIXES = (".csv", ".parquet")
+S3_SCHEME = "s3://"
+# The environment an S3 client is built from: what a client is cached by here, and what Ray workers
+# are handed (ray_scoring) to read the objects the driver listed.
+S3_ENVIRONMENT = ("ELIQ_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                  "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 class Scorer(Protocol):
@@ -51,10 +59,11 @@ class ScorerUnavailable(ValueError):
 
 @dataclass(frozen=True)
 class ScoreItem:
-    """One row to score: ``image`` as written to the output, ``path`` the file actually read."""
+    """One row to score: ``image`` as written to the output, ``path`` what is actually read: a
+    local file, or an ``s3://bucket/key`` URI (a string: Path would fold its ``//``)."""
 
     image: str
-    path: Path | None
+    path: Path | str | None
     prompt: str | None
 
     @property
@@ -86,27 +95,32 @@ def _clean_prompt(value: Any) -> str | None:
 # ------------------------------------------------------------------------------ inputs
 
 
-def read_inputs(source: Path, image_column: str = "image", prompt_column: str = "prompt") -> list[ScoreItem]:
-    """Rows to score from a folder of images (no prompts) or a CSV, in order, duplicates dropped.
+def _is_image_name(relative: str) -> bool:
+    parts = relative.split("/")
+    return Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in parts)
 
-    Folder: every image file below it (hidden files skipped), named by relative path. CSV:
+
+def read_inputs(source: Path | str, image_column: str = "image", prompt_column: str = "prompt") -> list[ScoreItem]:
+    """Rows to score from a folder of images (no prompts), an S3 prefix of images (no prompts) or
+    a CSV, in order, duplicates dropped.
+
+    Folder: every image file below it (hidden files skipped), named by relative path. S3
+    (``s3://bucket/prefix``, endpoint from ELIQ_S3_ENDPOINT, credentials from the usual AWS
+    variables): every image object below the prefix, named by its ``s3://`` URI. CSV:
     ``image_column`` is required, ``prompt_column`` optional; relative image paths resolve
-    against the CSV's folder and are written to the output as given.
+    against the CSV's folder and are written to the output as given; ``s3://`` URIs are read from S3.
     """
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(
-            p for p in source.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(source).parts)
-        )
-        items = [ScoreItem(p.relative_to(source).as_posix(), p, None) for p in files]
-    elif source.is_file() and source.suffix.lower() == ".csv":
-        items = _read_csv_inputs(source, image_column, prompt_column)
-    elif not source.exists():
+    if str(source).startswith(S3_SCHEME):
+        items = _read_s3_inputs(str(source))
+    elif (local := Path(source)).is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file() and _is_image_name(p.relative_to(local).as_posix()))
+        items = [ScoreItem(p.relative_to(local).as_posix(), p, None) for p in files]
+    elif local.is_file() and local.suffix.lower() == ".csv":
+        items = _read_csv_inputs(local, image_column, prompt_column)
+    elif not local.exists():
         raise FileNotFoundError(f"input {source} does not exist")
     else:
-        raise ValueError(f"input {source} must be a folder of images or a .csv file")
+        raise ValueError(f"input {source} must be a folder of images, an s3://bucket/prefix or a .csv file")
     unique: dict[tuple[str, str], ScoreItem] = {}
     for item in items:
         unique.setdefault(item.key, item)
@@ -126,9 +140,59 @@ def _read_csv_inputs(path: Path, image_column: str, prompt_column: str) -> list[
     items = []
     for row in rows:
         value = (row.get(image_column) or "").strip()
-        resolved = (path.parent / Path(value).expanduser()) if value else None
+        resolved: Path | str | None = None
+        if value.startswith(S3_SCHEME):
+            resolved = value
+        elif value:
+            resolved = path.parent / Path(value).expanduser()
         items.append(ScoreItem(value, resolved, _clean_prompt(row.get(prompt_column))))
     return items
+
+
+def _split_s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri} names no bucket (expected s3://bucket/prefix)")
+    return bucket, key
+
+
+_S3_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+
+
+def _s3_client() -> Any:
+    """A boto3 S3 client on ELIQ_S3_ENDPOINT (AWS's own when unset), one per process and setting."""
+    settings = tuple(os.environ.get(name) for name in S3_ENVIRONMENT)
+    if settings not in _S3_CLIENTS:
+        import boto3
+        from botocore.config import Config
+
+        # Long runs meet throttling and dropped connections: let botocore retry them.
+        config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"})
+        _S3_CLIENTS[settings] = boto3.client("s3", endpoint_url=os.environ.get("ELIQ_S3_ENDPOINT") or None,
+                                             config=config)
+    return _S3_CLIENTS[settings]
+
+
+def _read_s3_inputs(uri: str) -> list[ScoreItem]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = _split_s3_uri(uri)
+    # A prefix is a folder: s3://b/imgs lists imgs/..., never imgs2/...
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    keys = []
+    try:
+        for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(entry["Key"] for entry in page.get("Contents", []))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise FileNotFoundError(f"input {uri}: bucket {bucket} does not exist") from None
+        raise ValueError(f"cannot list input {uri}: {exc}") from None
+    except BotoCoreError as exc:
+        raise ValueError(f"cannot list input {uri}: {exc}") from None
+    if not keys:
+        raise FileNotFoundError(f"input {uri} holds no objects")
+    return [ScoreItem(f"{S3_SCHEME}{bucket}/{key}", f"{S3_SCHEME}{bucket}/{key}", None)
+            for key in sorted(keys) if _is_image_name(key[len(prefix):])]
 
 
 # ------------------------------------------------------------------------------ output file
@@ -240,13 +304,28 @@ def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _load(item: ScoreItem) -> Any:
-    from eliq_pipeline.core.images import load_image
+    from eliq_pipeline.core.images import decode_image, load_image
 
     if item.path is None:
         raise ValueError("no image path given")
-    if not item.path.is_file():
-        raise FileNotFoundError(f"image file not found: {item.path}")
-    return load_image(item.path)
+    if isinstance(item.path, str) and item.path.startswith(S3_SCHEME):
+        return decode_image(_read_s3_object(item.path), name=item.path)
+    path = Path(item.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    return load_image(path)
+
+
+def _read_s3_object(uri: str) -> bytes:
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split_s3_uri(uri)
+    try:
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"image object not found: {uri}") from None
+        raise
 
 
 def _error_text(exc: BaseException) -> str:
@@ -310,19 +389,24 @@ def score_items(
     run holds ``out``'s lock (:func:`output_lock`): a concurrent run on the same ``out`` waits,
     then resumes from what this one wrote.
     """
-    if batch_size < 1 or flush_every < 1:
-        raise ValueError("--batch-size and --flush-every must be >= 1")
+    check_score_settings(out, batch_size, flush_every)
     out = Path(out)
-    _check_output_path(out)
     say = log or (lambda message: None)
     with output_lock(out, say):
-        return _score_locked(scorer, items, out, batch_size, flush_every, progress, say)
+        kept, todo = plan_resume(out, items, say)
+        return collect_rows(out, kept, todo, _score_in_process(scorer, todo, batch_size, flush_every),
+                            flush_every, progress)
 
 
-def _score_locked(scorer: Scorer, items: Sequence[ScoreItem], out: Path, batch_size: int, flush_every: int,
-                  progress: bool, say: Callable[[str], None]) -> ScoreSummary:
-    from tqdm.auto import tqdm
+def check_score_settings(out: Path, batch_size: int, flush_every: int) -> None:
+    if batch_size < 1 or flush_every < 1:
+        raise ValueError("--batch-size and --flush-every must be >= 1")
+    _check_output_path(Path(out))
 
+
+def plan_resume(out: Path, items: Sequence[ScoreItem],
+                say: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[ScoreItem]]:
+    """The rows of ``out`` to keep and the items still to score (call with ``out``'s lock held)."""
     previous = read_output(out) if out.exists() else []
     wanted = {item.key for item in items}
     # Error rows of this input are retried; everything else already in the file stays as it is.
@@ -332,21 +416,47 @@ def _score_locked(scorer: Scorer, items: Sequence[ScoreItem], out: Path, batch_s
     if previous:
         say(f"{out}: keeping {len(kept)} rows, retrying {len(previous) - len(kept)} error rows, "
             f"{len(todo)} images to score")
-    results = list(kept)
-    errors = truncated = 0
+    return kept, todo
+
+
+def _score_in_process(scorer: Scorer, todo: Sequence[ScoreItem], batch_size: int,
+                      flush_every: int) -> Iterator[list[dict[str, Any]]]:
+    # Batches never straddle a flush_every chunk, so collect_rows flushes at every chunk's end.
+    for chunk_start in range(0, len(todo), flush_every):
+        chunk = todo[chunk_start : chunk_start + flush_every]
+        for start in range(0, len(chunk), batch_size):
+            yield _score_batch(scorer, chunk[start : start + batch_size], batch_size)
+
+
+def collect_rows(out: Path, kept: Sequence[dict[str, Any]], todo: Sequence[ScoreItem],
+                 scored_batches: Iterable[Sequence[dict[str, Any]]], flush_every: int, progress: bool) -> ScoreSummary:
+    """Write ``kept`` plus the rows of ``scored_batches`` (one per item of ``todo``, in any order)
+    to ``out``: rewritten whenever ``flush_every`` new rows are waiting, and once more at the end
+    with the new rows in ``todo``'s order."""
+    from tqdm.auto import tqdm
+
+    position = {item.key: i for i, item in enumerate(todo)}
+    scored: list[dict[str, Any]] = []
+    unflushed = errors = truncated = 0
     with tqdm(total=len(todo), unit="img", desc="scoring", disable=not progress, file=sys.stderr) as bar:
-        for chunk_start in range(0, len(todo), flush_every):
-            chunk = todo[chunk_start : chunk_start + flush_every]
-            for start in range(0, len(chunk), batch_size):
-                rows = _score_batch(scorer, chunk[start : start + batch_size], batch_size)
-                errors += sum(1 for row in rows if row["error"])
-                truncated += sum(1 for row in rows if row["prompt_truncated"])
-                results.extend(rows)
-                bar.update(len(rows))
-            write_output(out, results)
-    if not todo:
-        write_output(out, results)  # nothing to score; still leave a valid (possibly empty) file
-    return ScoreSummary(scored=len(todo), errors=errors, kept=len(kept), total=len(results), truncated=truncated)
+        for rows in scored_batches:
+            scored.extend(rows)
+            unflushed += len(rows)
+            errors += sum(1 for row in rows if row["error"])
+            truncated += sum(1 for row in rows if row["prompt_truncated"])
+            bar.update(len(rows))
+            if unflushed >= flush_every:
+                write_output(out, [*kept, *scored])
+                unflushed = 0
+    missing = set(position) - {_row_key(row["image"], row["prompt"]) for row in scored}
+    if missing:
+        write_output(out, [*kept, *scored])  # keep what did come back; a rerun scores the rest
+        raise RuntimeError(f"{len(missing)} of {len(todo)} images came back without a row; rerun to score them")
+    in_order = sorted(scored, key=lambda row: position[_row_key(row["image"], row["prompt"])])
+    if unflushed or in_order != scored or not todo:  # not todo: still leave a valid (possibly empty) file
+        write_output(out, [*kept, *in_order])
+    return ScoreSummary(scored=len(todo), errors=errors, kept=len(kept), total=len(kept) + len(scored),
+                        truncated=truncated)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -375,23 +485,37 @@ def run_score(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_output_path(out)
-    items = read_inputs(Path(args.input), args.image_column, args.prompt_column)
+    if args.ray_workers is not None and not args.ray:
+        raise ValueError("--ray-workers needs --ray")
+    items = read_inputs(args.input, args.image_column, args.prompt_column)
     # A wrong or damaged --bundle fails now (BundleDamagedError names the files), before any row.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a format-1 bundle's warning comes once, from loading it
         verify_bundle(args.bundle)
     if out.exists():
         read_output(out)  # likewise an --out that is not ours
-    scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device))
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        # Small models on a busy CPU run far faster single-threaded (no OpenMP spin contention).
-        torch.set_num_threads(max(1, args.threads))
-    try:
-        summary = score_items(scorer, items, out, batch_size=args.batch_size, flush_every=args.flush_every,
-                              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    finally:
-        torch.set_num_threads(threads)  # the process-wide setting is the caller's, not ours
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    if args.ray:
+        from eliq_pipeline.ray_scoring import score_items_on_ray
+
+        summary = score_items_on_ray(items, out, address=args.ray, bundle=args.bundle, base=args.base,
+                                     device=args.device, workers=args.ray_workers, threads=args.threads,
+                                     batch_size=args.batch_size, flush_every=args.flush_every,
+                                     progress=not args.no_progress, log=say)
+    else:
+        scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device))
+        threads = torch.get_num_threads()
+        if args.threads is not None:
+            # Small models on a busy CPU run far faster single-threaded (no OpenMP spin contention).
+            torch.set_num_threads(max(1, args.threads))
+        try:
+            summary = score_items(scorer, items, out, batch_size=args.batch_size, flush_every=args.flush_every,
+                                  progress=not args.no_progress, log=say)
+        finally:
+            torch.set_num_threads(threads)  # the process-wide setting is the caller's, not ours
     if summary.truncated:
         print(f"{summary.truncated} prompts were longer than the backbone takes and were cut to fit "
               "(prompt_truncated=true in their rows)", file=sys.stderr)
@@ -439,15 +563,19 @@ def run_export(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add `score` and `export` to an argparse subparsers object (the `eliq` command's)."""
     score = subparsers.add_parser(
-        "score", help="score images (folder or CSV) with an exported critic bundle",
+        "score", help="score images (folder, S3 prefix or CSV) with an exported critic bundle",
         description="Score images with an ELIQ bundle. Output columns: image, prompt, s_vis, s_ali, "
                     "error, prompt_truncated (true: the prompt was longer than the backbone takes and "
                     "its first tokens that fit were scored). Rerunning with the same --out keeps rows "
                     "already scored. Runs sharing an --out take turns: a second run waits for the "
-                    "first (lock file <out>.lock), then adds its rows to the same file.")
+                    "first (lock file <out>.lock), then adds its rows to the same file. With --ray, a "
+                    "pool of scorers on a Ray cluster scores the images into the same output.")
     score.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `eliq export`")
-    score.add_argument("--input", required=True, type=Path,
-                       help="a folder of images (no prompts) or a CSV with an image column and optional prompt column")
+    # A string, not a Path: Path would fold s3://bucket into s3:/bucket.
+    score.add_argument("--input", required=True,
+                       help="a folder of images (no prompts), an s3://bucket/prefix of images (no prompts; "
+                            "endpoint ELIQ_S3_ENDPOINT, AWS credentials) or a CSV with an image column "
+                            "(paths or s3:// URIs) and optional prompt column")
     score.add_argument("--out", required=True, type=Path,
                        help="output .csv or .parquet (resumed if it exists; a second run on the same file "
                             "waits for the first, then adds its rows)")
@@ -456,12 +584,21 @@ def register(subparsers: Any) -> None:
                        help="base backbone folder or hub id overriding the bundle's (required for tiny bundles)")
     score.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     score.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default: torch's choice); 1 is fastest for tiny bundles")
+                       help="CPU threads for torch (default: torch's choice); 1 is fastest for tiny bundles. "
+                            "With --ray: per scorer, and the CPUs each one reserves (default 1)")
     score.add_argument("--flush-every", type=int, default=256,
                        help="rewrite the output after this many images (default 256)")
     score.add_argument("--image-column", default="image", help="CSV column with image paths (default image)")
     score.add_argument("--prompt-column", default="prompt", help="CSV column with prompts (default prompt)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="score on a Ray cluster: auto, HOST:PORT, ray://HOST:10001, or local (start a Ray "
+                            "runtime in this process). The bundle travels with the job; local inputs and a "
+                            "--base folder must be at the same paths on every node (or the input on S3); "
+                            "needs the ray extra")
+    score.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                       help="with --ray: scorers in the pool, each loading the bundle once (default: one per "
+                            "GPU of the cluster with --device cuda, each on its own GPU; else 1)")
     score.set_defaults(func=run_score)
 
     export = subparsers.add_parser("export", help="bundle a materialized era's critic into one folder",
