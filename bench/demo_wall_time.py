@@ -27,8 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _demo(tree: Path, home: Path, log: Path) -> float:
-    """Wall seconds of `eliq materialize` in ``tree`` with a fresh home (as `make demo`)."""
+def _demo(tree: Path, home: Path, log: Path, extra_env: dict[str, str] | None = None) -> float:
+    """Wall seconds of `eliq materialize` in ``tree`` with a fresh home (as `make demo`), plus
+    ``extra_env`` (e.g. ELIQ_RAY_ADDRESS)."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     config = (tree / "dagster.yaml").read_text()
@@ -36,6 +37,7 @@ def _demo(tree: Path, home: Path, log: Path) -> float:
         config.replace("base_dir: .eliq/dagster/storage", f"base_dir: {dagster_home / 'storage'}"))
     env = {**os.environ, "ELIQ_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(tree)}
     env.pop("ELIQ_DATASETS", None)  # the README's plain `make demo`
+    env.update(extra_env or {})
     start = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.call([str(REPO / ".venv" / "bin" / "eliq"), "materialize"], cwd=tree, env=env,
