@@ -19,10 +19,11 @@ shard, in the driver, for the resume guarantee above.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, Sized
 
 from eliq_pipeline.core.registry import Registry
 
@@ -149,11 +150,11 @@ class RayCompute:
     threads: int | None = None
     name: str = field(default="ray", init=False)
 
-    def _actors(self, ray: Any, factory: ModelFactory) -> list:
+    def _actors(self, ray: Any, factory: ModelFactory, shard_count: int | None) -> list:
         gpus = float(ray.cluster_resources().get(self.gpu_resource, 0))
         per_worker = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         count = self.workers or (int(gpus // per_worker) if per_worker else 1)
-        count = max(1, count)
+        count = max(1, min(count, shard_count) if shard_count else count)
         if self.threads is None:
             import torch
 
@@ -171,12 +172,17 @@ class RayCompute:
 
     def map_shards(self, factory: ModelFactory, work: Work, shards: Iterable[list], on_result: OnResult,
                    describe: Callable[[Any], str] = repr) -> list[ItemFailure]:
+        upcoming = iter(enumerate(shards))  # read lazily: a shard's images are loaded when it is sent
+        first = next(upcoming, None)
+        if first is None:  # nothing missing: no connection, no actor
+            return []
+        upcoming = itertools.chain([first], upcoming)
         ray = connect_ray(self.address)
         from ray.exceptions import RayTaskError
 
-        upcoming = iter(enumerate(shards))  # read lazily: a shard's images are loaded when it is sent
         isolated: deque[tuple[int, list]] = deque()  # single items of a shard that raised
-        actors = self._actors(ray, factory)
+        # no actor (a process, a model load) for which there is no shard
+        actors = self._actors(ray, factory, len(shards) if isinstance(shards, Sized) else None)
         work_ref = ray.put(work)  # shipped once, not with every shard
         # Two shards in flight per actor: the next one is queued on the worker while this one runs.
         slots = [actor for actor in actors for _ in range(2)]

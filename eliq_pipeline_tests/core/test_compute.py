@@ -89,6 +89,15 @@ def test_ray_results_equal_in_process_and_each_worker_loads_once(ray_runtime, tm
     assert sorted(_lines(tmp_path / "b" / "runs.txt"), key=int) == [str(i) for i in range(1, 10)]  # nothing twice
 
 
+def test_ray_starts_no_more_actors_than_there_are_shards(ray_runtime, tmp_path):
+    compute = RayCompute(address=ray_runtime, workers=2, gpu_resource="fake_gpu")
+    assert _run(compute, tmp_path, []) == ({}, [])
+    assert _run(compute, tmp_path, iter([])) == ({}, [])  # a lazy iterable with nothing missing
+    assert not (tmp_path / "loads.txt").exists()  # nothing missing: no actor was started
+    got, _ = _run(compute, tmp_path, [[5]])
+    assert got == {0: [(5, 15)]} and len(_lines(tmp_path / "loads.txt")) == 1  # one shard, one actor
+
+
 @pytest.mark.parametrize("backend", ["in_process", "ray"])
 def test_a_bad_input_is_reported_alone_and_the_rest_completes(backend, request, tmp_path):
     options = {}
