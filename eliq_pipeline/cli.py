@@ -22,25 +22,69 @@ def default_eras_path() -> Path:
 
 def _eras_list(args: argparse.Namespace) -> int:
     registry = load_eras(args.eras, eras_variables())
-    status = _partition_status()
-    unknown = "-" if status is None else "not registered"
-    print(f"{'era':<16} {'seed':>4}  {'positive generators':<28} {'low-quality':<16} {'editor':<10} status")
-    for era in registry.eras:
-        print(f"{era.name:<16} {era.seed:>4}  {','.join(era.positive_generators):<28} "
-              f"{','.join(era.low_quality_generators) or '-':<16} {era.editor_for(os.environ.get('ELIQ_PROFILE', 'tiny')):<10} {(status or {}).get(era.name, unknown)}")
+    profile = os.environ.get("ELIQ_PROFILE", "tiny")
+    names = [era.name for era in registry.eras]
+    status = era_status(names)
+    rows = [(era.name, str(era.seed), ",".join(era.positive_generators), ",".join(era.low_quality_generators) or "-",
+             era.editor_for(profile), status.get(era.name, "-") if status else "- (no Dagster instance)")
+            for era in registry.eras]
+    header = ("era", "seed", "positive generators", "low-quality", "editor", "status")
+    widths = [max(len(row[k]) for row in [header, *rows]) for k in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     return 0
 
 
-def _partition_status() -> dict[str, str] | None:
-    """Which eras the Dagster instance knows (None when DAGSTER_HOME points at no instance)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        return None
+def instance_dir() -> Path | None:
+    """The Dagster instance `eliq` commands read: $DAGSTER_HOME, else `$ELIQ_HOME/dagster` (where
+    `make demo` keeps it) when it holds one; None when there is none."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    from eliq_pipeline.definitions import eliq_home
+
+    candidate = eliq_home() / "dagster"
+    return candidate if (candidate / "dagster.yaml").is_file() else None
+
+
+def era_status(era_names: Sequence[str], instance=None) -> dict[str, str] | None:
+    """Per era, what the Dagster instance knows: not registered; running; failed / canceled (the
+    latest run of its partition); built, partial or not built, with how many of the assets are
+    materialized and which are missing. None when there is no instance."""
     import dagster as dg
 
+    from eliq_pipeline.definitions import ELIQ_ASSETS
     from eliq_pipeline.defs.partitions import ERA_PARTITIONS
+    from eliq_pipeline.runner import IN_FLIGHT_STATUS
 
-    with dg.DagsterInstance.get() as instance:
-        return {name: "registered" for name in instance.get_dynamic_partitions(ERA_PARTITIONS.name)}
+    if instance is None:
+        home = instance_dir()
+        if home is None:
+            return None
+        with dg.DagsterInstance.from_config(str(home)) as opened:
+            return era_status(era_names, opened)
+    registered = set(instance.get_dynamic_partitions(ERA_PARTITIONS.name))
+    keys = [asset.key for asset in ELIQ_ASSETS]
+    out: dict[str, str] = {}
+    for name in era_names:
+        if name not in registered:
+            out[name] = "not registered"
+            continue
+        built = [key for key in keys if instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[name]), limit=1).records]
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": name}), limit=1)
+        last = runs[0] if runs else None
+        if last is not None and last.status in IN_FLIGHT_STATUS:
+            state = f"{IN_FLIGHT_STATUS[last.status]} (run {last.run_id[:8]})"
+        elif last is not None and last.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            state = f"{last.status.value.lower()} (run {last.run_id[:8]})"
+        else:
+            state = "built" if len(built) == len(keys) else "partial" if built else "not built"
+        missing = [key.to_user_string() for key in keys if key not in built]
+        detail = f"{len(built)}/{len(keys)} assets"
+        if built and missing:
+            detail += f"; missing {', '.join(missing)}"
+        out[name] = f"{state}, {detail}"
+    return out
 
 
 def _eras_add(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ ASSET_ORDER = [asset.key.to_user_string() for asset in ELIQ_ASSETS]
 @dataclass
 class EraRun:
     era: str
-    status: str  # "materialized", "up to date", "failed"
+    status: str  # "materialized", "up to date", "failed", "in progress elsewhere"
     run_id: str | None = None
     detail: str = ""
 
@@ -148,6 +148,13 @@ def _materialize_locked(registry, names, force, instance, resources, env, log) -
     store = resources["artifacts"].store()
     runs = []
     for name in names:
+        elsewhere = run_in_flight(instance, name)
+        if elsewhere is not None:  # e.g. the sensor's run, queued on the gpu pool: never build a partition twice
+            launcher = elsewhere.tags.get("dagster/sensor_name") or "another launcher"
+            log(f"era {name}: skipped, run {elsewhere.run_id[:8]} of {launcher} is {IN_FLIGHT_STATUS[elsewhere.status]} "
+                "on it (follow it in the UI; run `eliq materialize` again afterwards for anything it left stale)")
+            runs.append(EraRun(name, "in progress elsewhere", elsewhere.run_id))
+            continue
         fingerprint = registry.era(name).fingerprint(registry.generators)
         stale = Staleness(ELIQ_ASSETS[0].key.to_user_string(), "forced") if force else find_stale(
             instance, name, fingerprint, profile, benchmarks, store)
@@ -170,6 +177,19 @@ def _materialize_locked(registry, names, force, instance, resources, env, log) -
         log(f"era {name}: {status} (run {result.run_id}){' ' + detail if detail else ''}")
         runs.append(EraRun(name, status, result.run_id, detail))
     return runs
+
+
+# run status -> how `eliq` names it, for runs that are not finished
+IN_FLIGHT_STATUS = {dg.DagsterRunStatus.QUEUED: "queued", dg.DagsterRunStatus.NOT_STARTED: "starting",
+              dg.DagsterRunStatus.STARTING: "starting", dg.DagsterRunStatus.STARTED: "running"}
+
+
+def run_in_flight(instance: dg.DagsterInstance, era: str) -> dg.DagsterRun | None:
+    """A queued or running run of the era's partition (the sensor's, the UI's, another machine's),
+    or None. Dead runs of this machine were already failed by `reap_dead_runs`."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": era}, statuses=list(IN_FLIGHT_STATUS)),
+                             limit=1)
+    return runs[0] if runs else None
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:

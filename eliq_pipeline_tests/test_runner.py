@@ -65,3 +65,26 @@ def test_data_versions_follow_content_era_and_profile(tmp_path):
     before = content_digest(folder)
     (folder / "w.bin").write_bytes(b"2")
     assert content_digest(folder) != before
+
+
+def test_a_partition_the_sensor_is_building_is_not_built_again(tmp_path):
+    """The sensor's run of era-a is running (its gpu steps waiting on the pool): `eliq materialize`
+    skips era-a, naming that run, and starts no second run of the partition."""
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test  # a run record with a given status
+
+    from eliq_pipeline.runner import materialize_eras
+    from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
+
+    eras_path = write_eras(tmp_path / "eras.yaml")
+    env = pipeline_env(tmp_path / "home", eras_path)
+    logged = []
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("eras", ["era-a"])
+        queued = create_run_for_test(instance, job_name="eliq_job", status=dg.DagsterRunStatus.STARTED,
+                                     tags={"dagster/partition": "era-a", "dagster/sensor_name": "era_registry_sensor"})
+        runs = materialize_eras(instance=instance, env=env, log=logged.append)
+        assert [(r.era, r.status, r.run_id) for r in runs] == [("era-a", "in progress elsewhere", queued.run_id)]
+        assert f"era era-a: skipped, run {queued.run_id[:8]} of era_registry_sensor is running on it" in "\n".join(logged)
+        assert [r.run_id for r in instance.get_runs()] == [queued.run_id]  # no second run of the partition
+        assert not instance.fetch_materializations(dg.AssetKey("prompts"), limit=1).records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Sequence, Union
 
 from PIL import Image
 
@@ -71,3 +72,26 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
 def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     return decode_image(path.read_bytes(), name=str(path))
+
+
+ImageInput = Union[Image.Image, str, Path]
+
+
+def as_images(images: Sequence[ImageInput]) -> list[Image.Image]:
+    """PIL images as they are; paths (str or Path) read and decoded, RGB, each named if it fails.
+    A single image or path is refused: the callers pair images with prompts, list with list."""
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError("pass a list of images or paths (one image: [image]), got a single "
+                        f"{type(images).__name__}")
+    out = []
+    for position, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            out.append(image)
+        elif isinstance(image, (str, Path)):
+            if not Path(image).is_file():
+                raise FileNotFoundError(f"image {position}: file not found: {image}")
+            out.append(load_image(image))
+        else:
+            raise TypeError(f"image {position}: expected a PIL image or a path, got {type(image).__name__}")
+    return out
+

@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from eliq_pipeline.core.atomic import staged_dir
 from eliq_pipeline.critic.backbone import PromptFit, backbone_fingerprint, fit_prompt, sequence_limit
 from eliq_pipeline.evaluation.benchmark_inputs import NEUTRAL_PROMPT
 from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
-from eliq_pipeline.core.images import sha256_file
+from eliq_pipeline.core.images import ImageInput, as_images, sha256_file
 from eliq_pipeline.critic.instruction_tuning import (
     TUNED_META_FILE,
     adapter_fingerprint,
@@ -498,10 +497,12 @@ class ELIQScorer:
         return [fit_prompt(self.processor, prompt) if has_prompt(prompt) else None for prompt in prompts]
 
     def embed(
-        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z_tec, z_aes, z_ali, each [n, h]. The three questions about an image share one vision
-        encode and image-prefix pass; ``batch_size`` images go through the backbone at once."""
+        encode and image-prefix pass; ``batch_size`` images go through the backbone at once.
+        Images are PIL images or paths (read here)."""
+        images = as_images(images)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         n = len(images)
@@ -516,22 +517,25 @@ class ELIQScorer:
         return z_tec, z_aes, z_ali
 
     def raw_scores(
-        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
     ) -> tuple[np.ndarray, np.ndarray]:
         """Uncalibrated (s_vis, s_ali) for every row, s_ali also for prompt-less rows."""
+        images = as_images(images)
         if not images:
             return np.zeros(0), np.zeros(0)
         return score_embeddings(self.head, *self.embed(images, prompts, batch_size))
 
     def score(
-        self, images: Sequence[Image.Image], prompts: Sequence[str | None], batch_size: int = 8
+        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
     ) -> list[Score]:
         """(s_vis, s_ali) per image, calibrated when a calibration is set; s_ali is None for
-        images without a prompt (their alignment branch saw only the neutral caption).
+        images without a prompt (their alignment branch saw only the neutral caption). Images are
+        PIL images or paths (``str`` / ``Path``; a missing or undecodable file is named).
 
         A prompt longer than the backbone takes is cut to its first tokens that fit (see
         :meth:`fit_prompts`), silently: the row's ``prompt_truncated`` records it.
         """
+        images = as_images(images)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         fits = self.fit_prompts(prompts)
@@ -547,7 +551,7 @@ class ELIQScorer:
 
     def calibrate(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[ImageInput],
         prompts: Sequence[str | None],
         mos_quality: Sequence[float],
         mos_align: Sequence[float | None] | None = None,
@@ -558,6 +562,7 @@ class ELIQScorer:
         s_vis is fitted on every row; s_ali only on rows with a prompt and a finite alignment
         MOS. Rank order is unchanged (positive slope), so SRCC/KRCC are unaffected.
         """
+        images = as_images(images)
         if len(mos_quality) != len(images) or (mos_align is not None and len(mos_align) != len(images)):
             raise ValueError("images, prompts and MOS lists must have the same length")
         raw_vis, raw_ali = self.raw_scores(images, prompts, batch_size)

@@ -417,3 +417,20 @@ def test_an_over_long_prompt_is_cut_to_the_backbone_limit(scorer: ELIQScorer, ca
     assert tuple(normal) == pytest.approx(scorer.score(batch[:1], ["a red car"])[0], abs=1e-5)
     assert pickle.loads(pickle.dumps(long)).prompt_truncated
     assert elapsed < 60
+
+
+def test_score_takes_paths_and_pil_images_alike(scorer: ELIQScorer, tmp_path: Path) -> None:
+    """The README snippet: PIL images and file paths (str or Path) score the same; a missing file
+    and a single (unlisted) image are refused, naming what is wrong."""
+    pictures = images([(96, 64), (64, 128)], seed=11)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for picture, path in zip(pictures, paths):
+        picture.save(path)
+    prompts = ["a cat", None]
+    from_images = scorer.score(pictures, prompts)
+    assert scorer.score([str(paths[0]), paths[1]], prompts) == from_images
+    assert scorer.score([pictures[0], str(paths[1])], prompts) == from_images
+    with pytest.raises(FileNotFoundError, match=r"image 1: file not found: .*missing\.png"):
+        scorer.score([pictures[0], tmp_path / "missing.png"], prompts)
+    with pytest.raises(TypeError, match="pass a list of images or paths"):
+        scorer.score(str(paths[0]), ["a cat"])
