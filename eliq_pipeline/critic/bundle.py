@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from eliq_pipeline.core.atomic import staged_dir
 from eliq_pipeline.critic.backbone import PromptFit, backbone_fingerprint, fit_prompt, sequence_limit
@@ -499,38 +500,68 @@ class ELIQScorer:
     def embed(
         self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z_tec, z_aes, z_ali, each [n, h]. The three questions about an image share one vision
-        encode and image-prefix pass; ``batch_size`` images go through the backbone at once.
-        Images are PIL images or paths (read here)."""
-        images = as_images(images)
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        n = len(images)
-        # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15). Over-long
-        # prompts are cut to the backbone's limit inside build_inputs (see fit_prompts).
-        ali_prompts = [prompt if has_prompt(prompt) else NEUTRAL_PROMPT for prompt in prompts]
-        z = extract_aspect_embeddings(
-            self.model, self.processor, [image for image in images for _ in range(3)], ["tec", "aes", "ali"] * n,
-            [p for prompt in ali_prompts for p in (None, None, prompt)], batch_size=batch_size, device=self.device,
-        ).view(n, 3, -1)
-        z_tec, z_aes, z_ali = z[:, 0], z[:, 1], z[:, 2]
+        """z_tec, z_aes, z_ali, each [n, h]; z_ali of a prompt-less image is that of the neutral
+        caption. The three questions about an image share one vision encode and image-prefix
+        pass; ``batch_size`` images go through the backbone at once. Images are PIL images or
+        paths (read here)."""
+        z_tec, z_aes, [z_ali] = self._embed_with_captions(as_images(images), [[p] for p in prompts], batch_size)
         return z_tec, z_aes, z_ali
 
+    def _embed_with_captions(
+        self, images: list[Image.Image], captions: Sequence[Sequence[str | None]], batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """z_tec, z_aes and one z_ali per caption slot: ``captions[i][k]`` is image i's k-th
+        alignment question (None or blank: the neutral caption). All questions about an image share
+        its prefix pass, so a second caption costs one short suffix, not another encode."""
+        if len(images) != len(captions):
+            raise ValueError(f"got {len(images)} images but {len(captions)} prompts")
+        n, slots = len(images), len(captions[0]) if captions else 1
+        # Prompt-less images still need an alignment token for the QQT (paper eq. 12-15). Over-long
+        # prompts are cut to the backbone's limit inside build_inputs (see fit_prompts).
+        ali = [[c if has_prompt(c) else NEUTRAL_PROMPT for c in row] for row in captions]
+        aspects = ["tec", "aes"] + ["ali"] * slots
+        z = extract_aspect_embeddings(
+            self.model, self.processor, [image for image in images for _ in aspects], aspects * n,
+            [p for row in ali for p in (None, None, *row)], batch_size=batch_size, device=self.device,
+        ).view(n, len(aspects), -1)
+        return z[:, 0], z[:, 1], [z[:, 2 + k] for k in range(slots)]
+
     def raw_scores(
-        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
+        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8,
+        visual_from_prompt: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated (s_vis, s_ali) for every row, s_ali also for prompt-less rows."""
+        """Uncalibrated (s_vis, s_ali) for every row, s_ali also for prompt-less rows (from the
+        neutral caption). s_vis is prompt-independent unless ``visual_from_prompt`` (see :meth:`score`)."""
         images = as_images(images)
         if not images:
             return np.zeros(0), np.zeros(0)
-        return score_embeddings(self.head, *self.embed(images, prompts, batch_size))
+        if visual_from_prompt or not any(has_prompt(p) for p in prompts):
+            return score_embeddings(self.head, *self.embed(images, prompts, batch_size))
+        # one extra alignment suffix per image, the neutral caption's, for s_vis
+        z_tec, z_aes, (z_neutral, z_prompt) = self._embed_with_captions(
+            images, [[None, prompt] for prompt in prompts], batch_size)
+        s_vis, _ = score_embeddings(self.head, z_tec, z_aes, z_neutral)
+        _, s_ali = score_embeddings(self.head, z_tec, z_aes, z_prompt)
+        return s_vis, s_ali
 
     def score(
-        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8
+        self, images: Sequence[ImageInput], prompts: Sequence[str | None], batch_size: int = 8,
+        visual_from_prompt: bool = False,
     ) -> list[Score]:
-        """(s_vis, s_ali) per image, calibrated when a calibration is set; s_ali is None for
-        images without a prompt (their alignment branch saw only the neutral caption). Images are
-        PIL images or paths (``str`` / ``Path``; a missing or undecodable file is named).
+        """(s_vis, s_ali) per image, calibrated when a calibration is set. Images are PIL images or
+        paths (``str`` / ``Path``; a missing or undecodable file is named).
+
+        - ``s_vis`` (visual quality) does not depend on the prompt. The paper writes it as a
+          function of the image alone, ŝ_vis(I), but its visual query attends to the content
+          token [z_vis; z_ali(I, p)] (eq. 12-15), so a prompt moves it. Here it is computed with
+          the alignment embedding of the neutral caption (``NEUTRAL_PROMPT``) for every image,
+          exactly as for an image without a prompt. ``visual_from_prompt=True`` uses the image's
+          own prompt instead, as ``benchmark_scores`` does on prompted benchmarks.
+        - ``s_ali`` (prompt alignment) is None for images without a prompt.
+
+        Higher is better on both. Uncalibrated scores are the head's raw outputs, comparable
+        within one bundle only (their scale is set by the ranking margins, not by any MOS); a
+        calibration (:meth:`calibrate`) maps them linearly and monotonically onto a MOS scale.
 
         A prompt longer than the backbone takes is cut to its first tokens that fit (see
         :meth:`fit_prompts`), silently: the row's ``prompt_truncated`` records it.
@@ -539,7 +570,8 @@ class ELIQScorer:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         fits = self.fit_prompts(prompts)
-        s_vis, s_ali = self.raw_scores(images, [None if fit is None else fit.text for fit in fits], batch_size)
+        s_vis, s_ali = self.raw_scores(images, [None if fit is None else fit.text for fit in fits], batch_size,
+                                       visual_from_prompt)
         if self.calibration.s_vis is not None:
             s_vis = self.calibration.s_vis(s_vis)
         if self.calibration.s_ali is not None:
@@ -556,6 +588,7 @@ class ELIQScorer:
         mos_quality: Sequence[float],
         mos_align: Sequence[float | None] | None = None,
         batch_size: int = 8,
+        visual_from_prompt: bool = False,
     ) -> Calibration:
         """Fit the monotonic linear maps on a small labelled split (paper 3.3.6) and keep them.
 
@@ -565,7 +598,7 @@ class ELIQScorer:
         images = as_images(images)
         if len(mos_quality) != len(images) or (mos_align is not None and len(mos_align) != len(images)):
             raise ValueError("images, prompts and MOS lists must have the same length")
-        raw_vis, raw_ali = self.raw_scores(images, prompts, batch_size)
+        raw_vis, raw_ali = self.raw_scores(images, prompts, batch_size, visual_from_prompt)  # as score() will
         s_vis = LinearCalibration.fit(raw_vis, np.asarray(mos_quality, dtype=np.float64))
         s_ali = None
         if mos_align is not None:

@@ -36,7 +36,7 @@ from eliq_pipeline.critic.instruction_tuning import save_tuned_backbone
 from eliq_pipeline.critic.head.calibration import LinearCalibration
 from eliq_pipeline.critic.head.checkpoints import save_scoring_head
 from eliq_pipeline.critic.head.config import ScorerConfig
-from eliq_pipeline.critic.head.modules import ELIQScoringHead
+from eliq_pipeline.critic.head.modules import ELIQScoringHead, score_embeddings
 from eliq_pipeline.tiny.backbone import build_tiny_backbone
 
 
@@ -434,3 +434,24 @@ def test_score_takes_paths_and_pil_images_alike(scorer: ELIQScorer, tmp_path: Pa
         scorer.score([pictures[0], tmp_path / "missing.png"], prompts)
     with pytest.raises(TypeError, match="pass a list of images or paths"):
         scorer.score(str(paths[0]), ["a cat"])
+
+
+def test_visual_score_does_not_depend_on_the_prompt(scorer: ELIQScorer) -> None:
+    """README "What the scores mean": s_vis of an image is the same with any prompt or none (it is
+    computed from the neutral caption's alignment token); s_ali is the prompt's. With
+    `visual_from_prompt=True`, s_vis is the head's visual output on the image's own prompt."""
+    batch = images([(96, 64), (64, 96), (80, 80)], seed=13)
+    prompts = ["a red bicycle leaning on a wall", "a bowl of ramen", "an astronaut riding a horse"]
+    without = scorer.score(batch, [None] * 3)
+    with_prompts = scorer.score(batch, prompts)
+    other_prompts = scorer.score(batch, list(reversed(prompts)))
+    for row in (with_prompts, other_prompts):
+        assert [s.s_vis for s in row] == pytest.approx([s.s_vis for s in without], abs=1e-5)
+    # s_ali is the prompt's own, unchanged by this: the joint pass gives the same alignment scores.
+    joint_vis, joint_ali = score_embeddings(scorer.head, *scorer.embed(batch, prompts))
+    assert [s.s_ali for s in with_prompts] == pytest.approx(joint_ali.tolist(), abs=1e-5)
+    assert [s.s_ali for s in other_prompts] != pytest.approx([s.s_ali for s in with_prompts], abs=1e-3)
+    # The prompt-conditioned visual score, on request: it differs from the prompt-free one.
+    conditioned = scorer.score(batch, prompts, visual_from_prompt=True)
+    assert [s.s_vis for s in conditioned] == pytest.approx(joint_vis.tolist(), abs=1e-5)
+    assert [s.s_vis for s in conditioned] != pytest.approx([s.s_vis for s in without], abs=1e-4)
