@@ -26,8 +26,12 @@ import psutil
 from eliq_pipeline.core.locks import LockBusy, exclusive_lock
 
 PID_TAG, HOST_TAG, STARTED_TAG = "eliq/pid", "eliq/host", "eliq/process_started"
-# Statuses of a run that some process is (or was) working on.
-_IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+# Statuses of a run that some process is (or was) working on. NOT_STARTED too: a run that
+# `execute_in_process` created is NOT_STARTED until its first step, and a process stopped in that
+# moment leaves it so for good (only runs carrying this process's tags are reaped, so a daemon's
+# queued or starting runs are not touched).
+_IN_FLIGHT = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+              dg.DagsterRunStatus.CANCELING)
 LOCK_NAME = "materialize.lock"
 
 
@@ -74,7 +78,7 @@ def reap_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = pr
             storage.free_concurrency_slots_for_run(run_id)
             freed.append(run_id)
     if dead:
-        log(f"{len(dead)} run(s) left STARTED by a killed eliq materialize ({', '.join(r[:8] for r in dead)}): "
+        log(f"{len(dead)} run(s) left unfinished by a killed eliq materialize ({', '.join(r[:8] for r in dead)}): "
             f"marked failed and their pool slots released; resuming from what they finished")
     elif freed:
         log(f"released pool slots still held by {len(freed)} ended run(s) ({', '.join(r[:8] for r in freed)})")

@@ -170,3 +170,27 @@ def test_an_artifact_gone_from_the_store_is_rebuilt(tmp_path):
         stale = find_stale(instance, "era-a", era.fingerprint(load_eras(env["ELIQ_ERAS"]).generators),
                            resources["profile"].fingerprint(), [], resources["artifacts"].store())
         assert stale.asset == "prompts" and "prompts.parquet" in stale.reason
+
+
+def test_a_run_left_not_started_by_a_stopped_process_is_reaped_not_waited_for(tmp_path):
+    """A Ctrl-C in the moment between `execute_in_process` creating its run and starting it left
+    the run NOT_STARTED; the next `eliq materialize` then skipped the era as "starting" elsewhere."""
+    import socket
+
+    from dagster._core.test_utils import create_run_for_test  # a run record with a given status
+
+    from eliq_pipeline.run_guard import HOST_TAG, PID_TAG, STARTED_TAG, reap_dead_runs
+    from eliq_pipeline.runner import run_in_flight
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ours = {PID_TAG: str(gone.pid), HOST_TAG: socket.gethostname(), STARTED_TAG: "1.00", "dagster/partition": "era-a"}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        stopped = create_run_for_test(instance, job_name="eliq_job", status=dg.DagsterRunStatus.NOT_STARTED, tags=ours)
+        daemons = create_run_for_test(instance, job_name="eliq_job", status=dg.DagsterRunStatus.NOT_STARTED,
+                                               tags={"dagster/partition": "era-b"})  # e.g. the sensor's, no pid
+        assert run_in_flight(instance, "era-a").run_id == stopped.run_id
+        reap_dead_runs(instance, log=lambda _: None)
+        assert instance.get_run_by_id(stopped.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert run_in_flight(instance, "era-a") is None
+        assert instance.get_run_by_id(daemons.run_id).status == dg.DagsterRunStatus.NOT_STARTED
