@@ -4,9 +4,11 @@ Over 400 lines: an entry point (two commands, their resumable output and locking
 
 `eliq score` is built for long unattended runs: one unreadable image becomes an error row instead
 of stopping the run, the output file is rewritten atomically after every chunk, and a rerun keeps
-the rows already scored (by image + prompt) and scores only the rest. Inputs are a folder, a CSV
-or an ``s3://bucket/prefix``; with ``--ray ADDRESS`` the images are scored by a pool of scorers on a
-Ray cluster (eliq_pipeline.ray_scoring) into the same resumable output.
+the rows already scored (by image + prompt) and scores only the rest. Inputs are a folder, a CSV,
+an ``s3://bucket/prefix`` or a materialized era's positives with their prompts (``--era``, read
+from the artifact store); with ``--ray ADDRESS`` the images are scored by a pool of scorers on a
+Ray cluster (eliq_pipeline.ray_scoring) into the same resumable output. `eliq export` writes an
+era's bundle and/or its positives as files with an `eliq score`-ready CSV (``--images``).
 
 Runs sharing an --out take turns: each holds an exclusive lock (flock on ``<out>.lock``) for its
 whole run, so a second run waits, then reads what the first wrote and adds its own rows; no row
@@ -193,6 +195,97 @@ def _read_s3_inputs(uri: str) -> list[ScoreItem]:
         raise FileNotFoundError(f"input {uri} holds no objects")
     return [ScoreItem(f"{S3_SCHEME}{bucket}/{key}", f"{S3_SCHEME}{bucket}/{key}", None)
             for key in sorted(keys) if _is_image_name(key[len(prefix):])]
+
+
+# ------------------------------------------------------------------------------ an era's positives
+
+
+@dataclass(frozen=True)
+class EraPositive:
+    """One positive image of an era: ``name`` is how `eliq score --era` names its row and where
+    `eliq export --images` writes it (``<generator>/<prompt_id>-<image_index>.png``); ``location``
+    is where the artifact store keeps it (a local file or an ``s3://`` URI)."""
+
+    name: str
+    location: Path | str
+    prompt: str
+    generator: str
+    prompt_id: str
+    image_index: int
+    image_sha256: str
+    category: str
+
+
+ERA_IMAGES_CSV = "images.csv"  # written by `eliq export --images`: one row per image, `eliq score --input`-ready
+ERA_IMAGES_COLUMNS = ("image", "prompt", "generator", "prompt_id", "image_index", "image_sha256", "category")
+
+
+def _artifact_store(env: dict[str, str] | None) -> Any:
+    from eliq_pipeline.definitions import resources_from_env
+
+    return resources_from_env(env)["artifacts"].store()
+
+
+def era_positives(era: str, env: dict[str, str] | None = None) -> list[EraPositive]:
+    """The positive images of a materialized era with their prompts, from its ``positive_images``
+    table in the artifact store configured by ``env`` (the process environment when None): the
+    images the critic was trained to rank highest. The images stay in the store (local or S3);
+    the table names them by content hash."""
+    from eliq_pipeline.definitions import load_era_value
+    from eliq_pipeline.supervision.image_cache import image_key
+
+    table = load_era_value("positive_images", era, env)  # FileNotFoundError says to materialize the era
+    store = _artifact_store(env)
+    positives: list[EraPositive] = []
+    for number, row in enumerate(table.to_pylist(), start=1):
+        missing = [c for c in ("prompt", "generator", "prompt_id", "image_index", "image_sha256") if row.get(c) in (None, "")]
+        if missing:
+            raise ValueError(f"positive_images of era {era!r}, row {number}: no {', '.join(missing)}; "
+                             f"re-materialize it (eliq materialize --era {era})")
+        location = store.describe(image_key(row["image_sha256"]))
+        positives.append(EraPositive(
+            name=f"{row['generator']}/{row['prompt_id']}-{int(row['image_index'])}.png",
+            location=location if location.startswith(S3_SCHEME) else Path(location),
+            prompt=row["prompt"], generator=row["generator"], prompt_id=row["prompt_id"],
+            image_index=int(row["image_index"]), image_sha256=row["image_sha256"], category=row.get("category") or "",
+        ))
+    return positives
+
+
+def read_era_inputs(era: str, env: dict[str, str] | None = None) -> list[ScoreItem]:
+    """Rows to score for `eliq score --era`: the era's positives with their prompts, read where
+    the store keeps them (local files or S3 objects, so `--ray` workers read them too)."""
+    return [ScoreItem(p.name, p.location, p.prompt) for p in era_positives(era, env)]
+
+
+def write_era_images(era: str, folder: Path, env: dict[str, str] | None = None) -> Path:
+    """Write an era's positives into ``folder`` as ``<generator>/<prompt_id>-<image_index>.png``
+    with ``images.csv`` (image, prompt, generator, prompt_id, image_index, image_sha256, category):
+    a CSV that `eliq score --input` takes as it is. Every file is written atomically, the CSV
+    last, so a CSV present lists only images that are there. Returns the CSV's path."""
+    from eliq_pipeline.core.atomic import write_bytes
+    from eliq_pipeline.supervision.image_cache import image_key
+
+    positives = era_positives(era, env)
+    store = _artifact_store(env)
+    folder = Path(folder)
+    for positive in positives:
+        target = folder / positive.name
+        if not (target.is_file() and target.stat().st_size > 0 and _sha256_of(target) == positive.image_sha256):
+            write_bytes(target, store.get_bytes(image_key(positive.image_sha256)))
+    csv_path = folder / ERA_IMAGES_CSV
+    with staged_file(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(ERA_IMAGES_COLUMNS)
+        for p in positives:
+            writer.writerow([p.name, p.prompt, p.generator, p.prompt_id, p.image_index, p.image_sha256, p.category])
+    return csv_path
+
+
+def _sha256_of(path: Path) -> str:
+    from eliq_pipeline.core.images import sha256_bytes
+
+    return sha256_bytes(path.read_bytes())
 
 
 # ------------------------------------------------------------------------------ output file
@@ -481,13 +574,16 @@ class _LazyScorer:
 def run_score(args: argparse.Namespace) -> int:
     import torch
 
-    from eliq_pipeline.critic.bundle import ELIQScorer, verify_bundle
+    from eliq_pipeline.critic.bundle import ELIQScorer, read_bundle_meta, verify_bundle
 
     out = Path(args.out)
     _check_output_path(out)
     if args.ray_workers is not None and not args.ray:
         raise ValueError("--ray-workers needs --ray")
-    items = read_inputs(args.input, args.image_column, args.prompt_column)
+    if args.era is not None:
+        items = read_era_inputs(args.era)
+    else:
+        items = read_inputs(args.input, args.image_column, args.prompt_column)
     # A wrong or damaged --bundle fails now (BundleDamagedError names the files), before any row.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a format-1 bundle's warning comes once, from loading it
@@ -498,15 +594,20 @@ def run_score(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr)
 
+    base = args.base
+    if base is None and (built := tiny_backbone_of(args.bundle)) is not None:
+        base = built
+        say(f"base backbone: {read_bundle_meta(args.bundle)['base_ref']} from {base} ($ELIQ_HOME/models; --base to use another)")
+
     if args.ray:
         from eliq_pipeline.ray_scoring import score_items_on_ray
 
-        summary = score_items_on_ray(items, out, address=args.ray, bundle=args.bundle, base=args.base,
+        summary = score_items_on_ray(items, out, address=args.ray, bundle=args.bundle, base=base,
                                      device=args.device, workers=args.ray_workers, threads=args.threads,
                                      batch_size=args.batch_size, flush_every=args.flush_every,
                                      progress=not args.no_progress, log=say)
     else:
-        scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=args.base, device=args.device))
+        scorer = _LazyScorer(lambda: ELIQScorer.from_pretrained(args.bundle, base_override=base, device=args.device))
         threads = torch.get_num_threads()
         if args.threads is not None:
             # Small models on a busy CPU run far faster single-threaded (no OpenMP spin contention).
@@ -549,14 +650,49 @@ def export_era(era: str, out: Path, env: dict[str, str] | None = None) -> Path:
                          provenance=_era_provenance(era, head_dir, profile))
 
 
-def run_export(args: argparse.Namespace) -> int:
-    out = export_era(args.era, Path(args.out))
+def models_dir(env: dict[str, str] | None = None) -> Path:
+    """Where the tiny profile builds its toy models: ``$ELIQ_HOME/models`` (the profile's models_dir)."""
+    from eliq_pipeline.definitions import eliq_home
+
+    return eliq_home(env) / "models"
+
+
+def tiny_backbone_of(bundle: str | Path, env: dict[str, str] | None = None) -> str | None:
+    """The folder of a tiny bundle's toy backbone under ``$ELIQ_HOME/models`` (built there, from
+    configs in code, if the pipeline has not built it yet); None for a bundle whose base is a hub
+    id or path. The bundle's recorded base fingerprint still has to match when it is loaded, so a
+    backbone built differently is refused, never silently used."""
+    from eliq_pipeline import tiny
     from eliq_pipeline.critic.bundle import read_bundle_meta
 
-    base_ref = read_bundle_meta(out)["base_ref"]
-    hint = " --base <folder of that backbone>" if base_ref.startswith("tiny:") else ""
-    print(f"wrote the ELIQ scorer bundle of era {args.era} to {out} (base {base_ref})\n"
-          f"score with: eliq score --bundle {out} --input <folder|csv> --out scores.csv{hint}")
+    base_ref = str(read_bundle_meta(bundle)["base_ref"])
+    if not base_ref.startswith(tiny.TINY_PREFIX):
+        return None
+    return tiny.resolve(base_ref, models_dir(env))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.out is None and args.images is None:
+        raise ValueError("eliq export needs --out (the critic bundle), --images (the era's positives) or both")
+    if args.out is not None:
+        from eliq_pipeline.critic.bundle import read_bundle_meta
+
+        out = export_era(args.era, Path(args.out))
+        base_ref = read_bundle_meta(out)["base_ref"]
+        backbone = tiny_backbone_of(out)
+        where = f", built at {backbone}" if backbone else ""
+        print(f"wrote the ELIQ scorer bundle of era {args.era} to {out} (base {base_ref}{where})\n"
+              f"score the era's positives with: eliq score --bundle {out} --era {args.era} --out scores.csv\n"
+              f"score your images with:         eliq score --bundle {out} --input <folder|csv> --out scores.csv")
+        if backbone:
+            print(f"(eliq score finds this toy backbone under $ELIQ_HOME/models; with another ELIQ_HOME "
+                  f"add --base {backbone})")
+    if args.images is not None:
+        csv_path = write_era_images(args.era, Path(args.images))
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            count = sum(1 for _ in csv.DictReader(handle))
+        print(f"wrote the {count} positive images of era {args.era} to {csv_path.parent} with their prompts in "
+              f"{csv_path} (columns {', '.join(ERA_IMAGES_COLUMNS)}; eliq score --input {csv_path} scores them)")
     return 0
 
 
@@ -571,17 +707,24 @@ def register(subparsers: Any) -> None:
                     "first (lock file <out>.lock), then adds its rows to the same file. With --ray, a "
                     "pool of scorers on a Ray cluster scores the images into the same output.")
     score.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `eliq export`")
+    source = score.add_mutually_exclusive_group(required=True)
     # A string, not a Path: Path would fold s3://bucket into s3:/bucket.
-    score.add_argument("--input", required=True,
-                       help="a folder of images (no prompts), an s3://bucket/prefix of images (no prompts; "
-                            "endpoint ELIQ_S3_ENDPOINT, AWS credentials) or a CSV with an image column "
-                            "(paths or s3:// URIs) and optional prompt column")
+    source.add_argument("--input",
+                        help="a folder of images (no prompts), an s3://bucket/prefix of images (no prompts; "
+                             "endpoint ELIQ_S3_ENDPOINT, AWS credentials) or a CSV with an image column "
+                             "(paths or s3:// URIs) and optional prompt column")
+    source.add_argument("--era",
+                        help="instead of --input: the positive images of this materialized era with their "
+                             "prompts, read from the artifact store the ELIQ_* variables configure (local or "
+                             "S3); rows are named <generator>/<prompt_id>-<image_index>.png, as "
+                             "`eliq export --images` writes them")
     score.add_argument("--out", required=True, type=Path,
                        help="output .csv or .parquet (resumed if it exists; a second run on the same file "
                             "waits for the first, then adds its rows)")
     score.add_argument("--batch-size", type=int, default=8, help="rows per backbone forward pass (default 8)")
     score.add_argument("--base", default=None,
-                       help="base backbone folder or hub id overriding the bundle's (required for tiny bundles)")
+                       help="base backbone folder or hub id overriding the bundle's (default: the one the bundle "
+                            "records; for a tiny bundle its toy backbone under $ELIQ_HOME/models)")
     score.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     score.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default: torch's choice); 1 is fastest for tiny bundles. "
@@ -601,11 +744,16 @@ def register(subparsers: Any) -> None:
                             "GPU of the cluster with --device cuda, each on its own GPU; else 1)")
     score.set_defaults(func=run_score)
 
-    export = subparsers.add_parser("export", help="bundle a materialized era's critic into one folder",
+    export = subparsers.add_parser("export", help="bundle a materialized era's critic into one folder, and/or "
+                                                  "write its positive images as files",
                                    description="Write the ELIQ scorer bundle (adapter + scoring head) of an era "
-                                               "from the artifact store configured by ELIQ_* variables.")
+                                               "(--out) and/or the era's positive images with their prompts "
+                                               "(--images), from the artifact store configured by ELIQ_* variables.")
     export.add_argument("--era", required=True, help="a materialized era")
-    export.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced if it is a bundle)")
+    export.add_argument("--out", type=Path, default=None, help="bundle folder to write (replaced if it is a bundle)")
+    export.add_argument("--images", type=Path, default=None, metavar="FOLDER",
+                        help=f"write the era's positive images into FOLDER as <generator>/<prompt_id>-<image_index>.png "
+                             f"with {ERA_IMAGES_CSV} (image, prompt, ...), which `eliq score --input` takes as it is")
     export.set_defaults(func=run_export)
 
 

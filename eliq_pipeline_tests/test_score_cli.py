@@ -158,17 +158,36 @@ def test_csv_without_an_image_column_fails_naming_the_file(bundle: Path, tmp_pat
     assert [item.image for item in read_inputs(bad, image_column="name")] == ["a.png"]
 
 
-def test_tiny_bundle_without_base_fails_the_run_not_the_rows(parts: TinyParts, tmp_path: Path, capsys) -> None:
-    adapter = make_adapter(parts.base, tmp_path / "adapter", base_ref="tiny:qwen3-vl")
-    tiny_bundle = export_bundle(adapter, parts.head, tmp_path / "tiny-bundle", base=str(parts.base))
+def test_a_tiny_bundle_finds_its_backbone_under_eliq_home(parts: TinyParts, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from eliq_pipeline import tiny
+    from eliq_pipeline.tiny.backbone import build_tiny_backbone
+
+    # Trained as the pipeline trains: on the toy backbone tiny.resolve builds under a models folder.
+    trained_on = Path(tiny.resolve("tiny:qwen3-vl", tmp_path / "training-home" / "models"))
+    adapter = make_adapter(trained_on, tmp_path / "adapter", base_ref="tiny:qwen3-vl")
+    tiny_bundle = export_bundle(adapter, parts.head, tmp_path / "tiny-bundle", base=str(trained_on))
     _write_image(tmp_path / "images" / "a.png", seed=1)
-    argv = ["score", "--bundle", str(tiny_bundle), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "s.csv")]
-    assert main(argv) == 2
-    assert "pass base_override (CLI: --base)" in capsys.readouterr().err
-    assert not (tmp_path / "s.csv").exists()
-    assert main(argv + ["--base", str(parts.base), "--threads", "1", "--no-progress"]) == 0
+    argv = ["score", "--bundle", str(tiny_bundle), "--input", str(tmp_path / "images"), "--threads", "1", "--no-progress"]
+
+    # No --base: the toy backbone is built (from configs in code) under $ELIQ_HOME/models, where the
+    # pipeline would have built it, and its fingerprint matches the one the bundle records.
+    monkeypatch.setenv("ELIQ_HOME", str(tmp_path / "home"))
+    assert main([*argv, "--out", str(tmp_path / "s.csv")]) == 0
+    backbone = tmp_path / "home" / "models" / "tiny-qwen3-vl-0"
+    assert f"base backbone: tiny:qwen3-vl from {backbone}" in capsys.readouterr().err
     assert read_output(tmp_path / "s.csv")[0]["s_vis"] is not None
-    assert main(["score", "--bundle", str(tmp_path), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "t.csv")]) == 2
+
+    # A different toy backbone where the bundle's should be is refused, never silently used.
+    other_home = tmp_path / "other-home"
+    build_tiny_backbone(other_home / "models" / "tiny-qwen3-vl-0", seed=1)
+    (other_home / "models" / "tiny-qwen3-vl-0" / "_COMPLETE").write_text("ok")
+    monkeypatch.setenv("ELIQ_HOME", str(other_home))
+    assert main([*argv, "--out", str(tmp_path / "t.csv")]) == 2
+    assert "was trained on base" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+    assert main([*argv, "--out", str(tmp_path / "t.csv"), "--base", str(backbone)]) == 0  # --base names the right one
+
+    assert main(["score", "--bundle", str(tmp_path), "--input", str(tmp_path / "images"), "--out", str(tmp_path / "u.csv")]) == 2
     assert "is not an ELIQ scorer bundle" in capsys.readouterr().err
 
 
@@ -393,7 +412,10 @@ def test_export_bundles_a_materialized_era(tiny_era: dict[str, str], tmp_path: P
         monkeypatch.setenv(key, value)
     out = tmp_path / "era-a-bundle"
     assert main(["export", "--era", "era-a", "--out", str(out)]) == 0
-    assert "--base" in capsys.readouterr().out  # tiny bundles say how to score them
+    printed = capsys.readouterr().out
+    backbone = Path(tiny_era["ELIQ_HOME"]) / "models" / "tiny-qwen3-vl-0"
+    assert f"(base tiny:qwen3-vl, built at {backbone})" in printed  # the real folder, not a placeholder
+    assert f"eliq score --bundle {out} --era era-a --out scores.csv" in printed
     meta = json.loads((out / BUNDLE_META_FILE).read_text())
     assert meta["base_ref"] == "tiny:qwen3-vl" and meta["provenance"]["era"] == "era-a"
     assert meta["provenance"]["embedding_namespace"] == adapter_namespace(out / "adapter")
@@ -414,7 +436,9 @@ def test_export_bundles_a_materialized_era(tiny_era: dict[str, str], tmp_path: P
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=1e-4)
     head, _ = load_scoring_head(store.get_dir("eras/era-a/qqt_model"))
     expected_vis, expected_ali = score_embeddings(head, *cached)
-    scores = scorer.score(images, prompts, batch_size=4)
+    # visual_from_prompt: s_vis as the pipeline computes it on prompted images (the bundle's
+    # default s_vis uses the neutral caption for every image, see ELIQScorer.score).
+    scores = scorer.score(images, prompts, batch_size=4, visual_from_prompt=True)
     np.testing.assert_allclose([s for s, _ in scores], expected_vis, rtol=0, atol=1e-4)
     np.testing.assert_allclose([a for _, a in scores], expected_ali, rtol=0, atol=1e-4)
 
@@ -427,3 +451,87 @@ def test_export_of_an_unmaterialized_era_fails_clearly(tiny_era: dict[str, str],
     err = capsys.readouterr().err
     assert "tuned_mllm of era 'era-z' is not in the artifact store" in err and "eliq materialize --era era-z" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_score_era_scores_its_positives_with_their_prompts(tiny_era: dict[str, str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`eliq score --era` reads the era's positives from the store, each with its prompt; `eliq export
+    --images` writes the same images under the same names with an images.csv that scores the same."""
+    from eliq_pipeline.definitions import load_era_value
+
+    for key, value in tiny_era.items():
+        monkeypatch.setenv(key, value)
+    bundle_dir = tmp_path / "bundle"
+    assert main(["export", "--era", "era-a", "--out", str(bundle_dir), "--images", str(tmp_path / "positives")]) == 0
+    printed = capsys.readouterr().out
+    positives = load_era_value("positive_images", "era-a", tiny_era).to_pylist()
+    assert f"wrote the {len(positives)} positive images of era era-a to {tmp_path / 'positives'}" in printed
+
+    common = ["--bundle", str(bundle_dir), "--threads", "1", "--no-progress"]
+    assert main(["score", *common, "--era", "era-a", "--out", str(tmp_path / "era.csv")]) == 0
+    era_rows = read_output(tmp_path / "era.csv")
+    by_name = {f"{p['generator']}/{p['prompt_id']}-{p['image_index']}.png": p for p in positives}
+    assert {row["image"]: row["prompt"] for row in era_rows} == {name: p["prompt"] for name, p in by_name.items()}
+    assert all(row["error"] is None and row["s_ali"] is not None for row in era_rows)
+
+    with (tmp_path / "positives" / "images.csv").open(newline="") as handle:
+        listed = list(csv.DictReader(handle))
+    for row in listed:
+        assert (tmp_path / "positives" / row["image"]).is_file()
+        assert row["image_sha256"] == by_name[row["image"]]["image_sha256"]
+    assert main(["score", *common, "--input", str(tmp_path / "positives" / "images.csv"),
+                 "--out", str(tmp_path / "files.csv")]) == 0
+    file_rows = {(r["image"], r["prompt"]): (r["s_vis"], r["s_ali"]) for r in read_output(tmp_path / "files.csv")}
+    for row in era_rows:
+        assert file_rows[(row["image"], row["prompt"])] == pytest.approx((row["s_vis"], row["s_ali"]), abs=1e-6)
+
+    # Exported again into the same folder: nothing changes, the images are not rewritten.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "positives").rglob("*.png")}
+    assert main(["export", "--era", "era-a", "--images", str(tmp_path / "positives")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "positives").rglob("*.png")} == before
+
+    # Neither --out nor --images; --era and --input together; an era that was never built.
+    assert main(["export", "--era", "era-a"]) == 2
+    assert "needs --out (the critic bundle), --images (the era's positives) or both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score", *common, "--era", "era-a", "--input", str(tmp_path), "--out", str(tmp_path / "x.csv")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["score", *common, "--era", "era-z", "--out", str(tmp_path / "z.csv")]) == 2
+    assert "positive_images of era 'era-z' is not in the artifact store" in capsys.readouterr().err
+
+
+def test_an_eras_positives_are_read_from_an_s3_store(s3_endpoint: str, s3_bucket: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--era` and `--images` read the era's table and images where the store keeps them: on S3,
+    the rows are s3:// URIs that `eliq score` (and its Ray workers) read like any S3 input."""
+    import pyarrow as pa
+
+    from eliq_pipeline.core.images import png_bytes
+    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.score_cli import _load, read_era_inputs, write_era_images
+    from eliq_pipeline.supervision.image_cache import put_image
+
+    env = pipeline_env(tmp_path / "home", write_eras(tmp_path / "eras.yaml"), ELIQ_STORE="s3",
+                       ELIQ_S3_BUCKET=s3_bucket, ELIQ_S3_ENDPOINT=s3_endpoint)
+    monkeypatch.setenv("ELIQ_S3_ENDPOINT", s3_endpoint)  # what score_cli's own S3 client reads
+    store = resources_from_env(env)["artifacts"].store()
+    pictures = [Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)) for i in range(2)]
+    rows = [{"prompt_id": f"p_{i}", "prompt": f"prompt {i}", "image_index": 0, "category": "scene", "generator": "flux",
+             "image_sha256": put_image(store, picture)} for i, picture in enumerate(pictures)]
+    store.put_table("eras/era-a/positive_images.parquet", pa.Table.from_pylist(rows))
+
+    items = read_era_inputs("era-a", env)
+    assert [(item.image, item.prompt) for item in items] == [("flux/p_0-0.png", "prompt 0"), ("flux/p_1-0.png", "prompt 1")]
+    assert all(str(item.path).startswith(f"s3://{s3_bucket}/eliq/images/") for item in items)
+    assert [png_bytes(_load(item)) for item in items] == [png_bytes(p) for p in pictures]
+
+    listing = write_era_images("era-a", tmp_path / "positives", env)
+    with listing.open(newline="") as handle:
+        assert [(r["image"], r["prompt"], r["image_sha256"]) for r in csv.DictReader(handle)] == [
+            (item.image, item.prompt, row["image_sha256"]) for item, row in zip(items, rows)]
+    assert (tmp_path / "positives" / "flux" / "p_1-0.png").read_bytes() == png_bytes(pictures[1])
+
+    # A table row without what names its image is an error naming the era and row.
+    store.put_table("eras/era-a/positive_images.parquet", pa.Table.from_pylist([rows[0], {**rows[1], "image_sha256": None}]))
+    with pytest.raises(ValueError, match=r"positive_images of era 'era-a', row 2: no image_sha256"):
+        read_era_inputs("era-a", env)
