@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # CPU wheel from local disk here; on a GPU machine pass e.g. TORCH_SPEC="torch" to get the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 ELIQ_HOME ?= $(CURDIR)/.eliq
-DAGSTER_HOME := $(ELIQ_HOME)/dagster
+DAGSTER_HOME := $(abspath $(ELIQ_HOME))/dagster
 export ELIQ_HOME
 
 .PHONY: setup demo cpu-demo test ui clean
@@ -41,8 +41,16 @@ cpu-demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# `dagster dev` runs in the instance folder: started in the repo it would warn that ./dagster.yaml (the
+# template copied into $(DAGSTER_HOME) above) is not used. So the paths the code location reads are
+# passed as absolute ones, and the workspace is named explicitly. Its notice that `dg dev` (the
+# dagster-dg-cli package, a test dependency here) supersedes it is silenced.
+UI_PATHS := ELIQ_DATASETS ELIQ_PROMPTS_FILE ELIQ_NIQE_PARAMS ELIQ_SUPAGRUEN
 ui: setup $(DAGSTER_HOME)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	cd $(DAGSTER_HOME) && ELIQ_HOME=$(abspath $(ELIQ_HOME)) ELIQ_ERAS=$(abspath $(or $(ELIQ_ERAS),eras.yaml)) \
+	  $(foreach v,$(UI_PATHS),$(if $($(v)),$(v)=$(abspath $($(v))))) DAGSTER_HOME=$(DAGSTER_HOME) \
+	  PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
+	  $(abspath $(BIN))/dagster dev -h 127.0.0.1 -p 3000 -w $(CURDIR)/workspace.yaml
 
 clean:
 	rm -rf $(ELIQ_HOME)

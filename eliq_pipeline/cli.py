@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 from eliq_pipeline.core.eras import ErasFileError, append_era, eras_variables, load_eras
-from eliq_pipeline.defs.resources.warehouse import SCORES_COLUMNS
 from eliq_pipeline.score_cli import register as register_scoring
 
 
@@ -115,7 +114,8 @@ def _materialize(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with dg.DagsterInstance.get() as instance:
-            runs = materialize_eras(args.era or None, force=args.force, instance=instance, wait=args.wait)
+            runs = materialize_eras(args.era or None, force=args.force, instance=instance, wait=args.wait,
+                                    verbose=args.verbose)
     except MaterializeBusy as exc:
         print(f"eliq: {exc}", file=sys.stderr)
         return 3
@@ -135,33 +135,20 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _print_report(era: str | None, fmt: str, out) -> None:
-    """CSV: the rows of the scores table. Markdown: the era-by-era (drift) view, one column per era."""
+    """CSV: the rows of the scores table (long format, for machines). Markdown: per era, held-out
+    tuple accuracy against chance and one compact table per benchmark (evaluation.report)."""
     from eliq_pipeline.definitions import resources_from_env
-    from eliq_pipeline.evaluation.evaluation import method_of
+    from eliq_pipeline.defs.resources.warehouse import SCORES_COLUMNS
+    from eliq_pipeline.evaluation.report import report_markdown
 
-    rows = resources_from_env()["warehouse"].scores(era)
+    resources = resources_from_env()
+    rows = resources["warehouse"].scores(era)
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=SCORES_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return
-    if not rows:
-        print("no scores yet", file=out)
-        return
-    eras = list(dict.fromkeys(r["era"] for r in rows))
-    table: dict[tuple, dict[str, str]] = {}
-    for row in rows:
-        key = (method_of(row["protocol"]), row["benchmark"], row["protocol"], row["aspect"], row["metric"])
-        cell = f"{row['value']:.3f}"
-        if row["ci_low"] is not None and row["ci_high"] is not None:
-            cell += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-        table.setdefault(key, {})[row["era"]] = cell
-    header = ["method", "benchmark", "protocol", "aspect", "metric", *eras]
-    print("| " + " | ".join(header) + " |", file=out)
-    print("|" + "---|" * len(header), file=out)
-    for key in sorted(table, key=lambda k: (k[1], k[0] != "ELIQ (ours)", k[0], k[2], k[3], k[4])):
-        method = f"**{key[0]}**" if key[0] == "ELIQ (ours)" else key[0]
-        print("| " + " | ".join([method, *key[1:], *(table[key].get(e, "") for e in eras)]) + " |", file=out)
+    out.write(report_markdown(rows, resources["profile"].profile, resources["warehouse"].dropped_images(era)))
 
 
 def _supervision(args: argparse.Namespace) -> int:
@@ -219,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--eras", type=Path, default=None, help="era registry file (default: $ELIQ_ERAS or eras.yaml)")
     materialize.add_argument("--wait", action="store_true",
                              help="if another eliq materialize holds $ELIQ_HOME, wait for it instead of refusing")
+    materialize.add_argument("-v", "--verbose", action="store_true",
+                             help="print every Dagster event and step log line (and the libraries' own output)")
     materialize.set_defaults(func=_materialize)
 
     supervision = commands.add_parser("supervision", help="what an era's supervision is made of")

@@ -11,6 +11,7 @@ import dagster as dg
 
 from eliq_pipeline.core.eras import eras_variables
 from eliq_pipeline.defs.automation import era_registry_sensor, weekly_retrain_schedule
+from eliq_pipeline.defs.console import LOGGER_NAME, eliq_console_logger
 from eliq_pipeline.defs.critic.assets import aspect_embeddings, qqt_model, tuned_mllm
 from eliq_pipeline.defs.critic.checks import qqt_beats_chance
 from eliq_pipeline.defs.evaluation.assets import benchmark_scores
@@ -132,6 +133,9 @@ def build_definitions(env: dict[str, str] | None = None) -> dg.Definitions:
         sensors=[era_registry_sensor],
         schedules=[weekly_retrain_schedule],
         resources=resources_from_env(env),
+        # Dagster's console logger stays the default (`dagster dev`, the UI); `eliq materialize`
+        # configures the compact one instead (defs/console.py).
+        loggers={"console": dg.colored_console_logger, LOGGER_NAME: eliq_console_logger},
     )
 
 

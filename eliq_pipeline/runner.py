@@ -15,13 +15,12 @@ import dagster as dg
 from eliq_pipeline.core.eras import check_runnable
 from eliq_pipeline.core.storage import ArtifactStore
 from eliq_pipeline.definitions import ELIQ_ASSETS, build_definitions, eliq_home, resources_from_env
+from eliq_pipeline.defs.console import console_run_config, quiet_libraries
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.evaluation.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.run_guard import home_lock, interrupted, process_tags, reap_dead_runs
 
 
-# Step-level DEBUG events stay in the run's event log (the UI shows them); the console gets INFO.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 ASSET_ORDER = [asset.key.to_user_string() for asset in ELIQ_ASSETS]
@@ -119,11 +118,13 @@ def materialize_eras(
     env: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
     wait: bool = False,
+    verbose: bool = False,
 ) -> list[EraRun]:
     """Materialize the stale part of each era, one run per era, under an exclusive lock on
     $ELIQ_HOME (another holder: refuse, or with `wait` queue behind it). Runs left STARTED by a
     killed process are failed and their pool slots released first. A SIGINT / SIGTERM ends the
-    current run and raises `MaterializeInterrupted` without starting another era."""
+    current run and raises `MaterializeInterrupted` without starting another era. The console
+    shows one line per asset start / finish / check (defs/console.py); `verbose`: every event."""
     resources = resources_from_env(env)
     registry = resources["eras"].load()  # a malformed file (or an unset ${NAME}) fails here, before any work
     names = list(era_names) if era_names else registry.names()
@@ -133,10 +134,10 @@ def materialize_eras(
     instance = instance or dg.DagsterInstance.get()
     with home_lock(eliq_home(env), wait=wait, log=log):
         reap_dead_runs(instance, log)
-        return _materialize_locked(registry, names, force, instance, resources, env, log)
+        return _materialize_locked(registry, names, force, instance, resources, env, log, verbose)
 
 
-def _materialize_locked(registry, names, force, instance, resources, env, log) -> list[EraRun]:
+def _materialize_locked(registry, names, force, instance, resources, env, log, verbose) -> list[EraRun]:
     known = set(instance.get_dynamic_partitions(ERA_PARTITIONS.name))
     missing = [name for name in registry.names() if name not in known]
     if missing:
@@ -164,9 +165,10 @@ def _materialize_locked(registry, names, force, instance, resources, env, log) -
             continue
         selection = ASSET_ORDER[ASSET_ORDER.index(stale.asset):]
         log(f"era {name}: materializing {', '.join(selection)} ({stale.reason})")
-        result = job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False,
-                                        run_config=QUIET_CONSOLE, tags=process_tags(),
-                                        asset_selection=[dg.AssetKey(key) for key in selection])
+        with quiet_libraries(verbose):
+            result = job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False,
+                                            run_config=console_run_config(verbose), tags=process_tags(),
+                                            asset_selection=[dg.AssetKey(key) for key in selection])
         if interrupted(result):
             instance.event_log_storage.free_concurrency_slots_for_run(result.run_id)
             raise MaterializeInterrupted(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+
 import dagster as dg
 import pytest
 
-from eliq_pipeline.definitions import ELIQ_ASSETS
+from eliq_pipeline.definitions import ELIQ_ASSETS, ELIQ_CHECKS
 from eliq_pipeline.core.eras import append_era
 from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import agiqa_subset, materialization_ids, metadata_of, pipeline_env, write_eras
@@ -21,12 +25,32 @@ def two_eras(tmp_path_factory):
     env = pipeline_env(root / "home", eras_path, ELIQ_DATASETS=str(datasets or ""))
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
-        first = materialize_eras(instance=instance, env=env, log=lambda _: None)
+        console = io.StringIO()  # what `eliq materialize` prints while the era's steps run
+        with contextlib.redirect_stdout(console):
+            first = materialize_eras(instance=instance, env=env, log=lambda _: None)
+        CONSOLE["era-a"] = console.getvalue()
         era_a_before = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
         append_era(eras_path, "era-b", like="era-a", positive_generators=["flux", "sd3"])
         second = materialize_eras(instance=instance, env=env, log=lambda _: None)
         era_a_after = {key: materialization_ids(instance, key, "era-a") for key in ASSET_KEYS}
         yield instance, env, first, second, era_a_before, era_a_after
+
+
+CONSOLE: dict[str, str] = {}
+
+
+def test_console_shows_each_asset_start_finish_and_check_not_each_item(two_eras):
+    lines = CONSOLE["era-a"].splitlines()
+    assert [line.strip() for line in lines if line.strip().startswith("▸")] == [f"▸ {key}" for key in ASSET_KEYS]
+    finished = [re.fullmatch(r"  ✓ (\w+) \((\d+\.\d s|\d+ min \d\d s)\)", line) for line in lines if "✓" in line]
+    assert all(finished) and [m.group(1) for m in finished] == ASSET_KEYS
+    checks = [line.strip() for line in lines if line.strip().startswith("check ")]
+    assert "check positive_images:positive_images_decode passed" in checks
+    assert len(checks) == len(ELIQ_CHECKS) and all(c.endswith(" passed") or "FAILED" in c for c in checks)
+    # nothing per item, no Dagster framework events, no library progress bars
+    assert not any(re.search(r"\d+/\d+ images|STEP_|Loading pipeline components|Writing model shards", line)
+                   for line in lines), lines
+    assert len(lines) <= 2 * len(ASSET_KEYS) + len(ELIQ_CHECKS) + 4, lines
 
 
 def test_first_build_materializes_every_asset_of_the_era(two_eras):
@@ -115,16 +139,31 @@ def test_supervision_command_shows_counts_per_family_aspect_method(two_eras, mon
     assert "offline_edit" in capsys.readouterr().out
 
 
-def test_report_shows_every_era_side_by_side_and_writes_csv(two_eras, monkeypatch, capsys, tmp_path):
+def test_report_shows_each_era_as_compact_tables_and_writes_csv(two_eras, monkeypatch, capsys, tmp_path):
     import csv
 
     from eliq_pipeline.cli import main
+    from eliq_pipeline.definitions import resources_from_env
+    from eliq_pipeline.evaluation.report import TOY_CAVEAT
 
-    monkeypatch.setenv("ELIQ_HOME", two_eras[1]["ELIQ_HOME"])
+    env = two_eras[1]
+    monkeypatch.setenv("ELIQ_HOME", env["ELIQ_HOME"])
     assert main(["report"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| method | benchmark | protocol | aspect | metric | era-a | era-b |"
-    assert any(line.startswith("| **ELIQ (ours)** | heldout-tuples |") for line in lines)
+    assert lines[0] == f"> {TOY_CAVEAT}"  # the tiny profile's numbers say nothing about real images
+    assert [line for line in lines if line.startswith("## ")] == ["## era-a", "## era-b"]
+    assert sum(line.startswith("Held-out tuples: ") for line in lines) == 2
+    if env["ELIQ_DATASETS"]:
+        assert lines.count("| method | aspect | SRCC | PLCC | KRCC | n |") == 2  # one AGIQA-3K table per era
+        assert any(line.startswith("| **ELIQ, label-free** | visual | ") for line in lines)
+        assert any(line.startswith("| NIQE fitted on this era's toy positives | visual | ") for line in lines)
+        # images NIQE cannot score are counted and named, in the report and the warehouse
+        dropped = resources_from_env(env)["warehouse"].dropped_images("era-a")
+        niqe_n = {r["n"] for r in resources_from_env(env)["warehouse"].scores("era-a")
+                  if r["protocol"] == "label-free/niqe"}
+        assert niqe_n == {30 - len(dropped.get(("era-a", "agiqa-3k", "label-free/niqe"), []))}
+        for images in dropped.values():
+            assert any(f"undefined on {len(images)} of 30 images (left out): {images[0]}" in line for line in lines)
     assert main(["report", "--format", "csv", "--out", str(tmp_path / "scores.csv")]) == 0
     with open(tmp_path / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

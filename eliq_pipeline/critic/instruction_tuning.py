@@ -476,6 +476,7 @@ def _train_steps(
     device: str,
     trainable: list[torch.nn.Parameter],
     say: Callable[[str], None],
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Optimizer steps ``steps``, appending to ``loss_curve`` and checkpointing as configured."""
     stream = _SampleStream(example_groups(examples), cfg.seed)
@@ -504,6 +505,8 @@ def _train_steps(
             _save_checkpoint(ckpt_root, model, optimizer, done, loss_curve, run_key, cfg.keep_checkpoints)
         if done % max(1, total_steps // 20) == 0 or done == total_steps:  # ~20 progress lines a run
             say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
+        if progress is not None:
+            progress(done, total_steps)
 
 
 def examples_fingerprint(examples: Sequence[SFTExample]) -> str:
@@ -554,8 +557,10 @@ def tune_backbone(
     work_dir: Path,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SFTResult:
     """LoRA-tune ``base_path`` on the label-token objective; resumes from ``work_dir`` checkpoints.
+    ``log`` gets about 20 lines a run (step, loss); ``progress(done, total)`` every optimizer step.
 
     A rerun with the same trajectory settings continues from the newest checkpoint (a finished
     run only re-evaluates). A checkpoint from different settings is discarded, not resumed.
@@ -597,6 +602,7 @@ def tune_backbone(
             device=device,
             trainable=trainable,
             say=say,
+            progress=progress,
         )
     model.eval()
 

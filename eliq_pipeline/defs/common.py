@@ -16,10 +16,6 @@ from eliq_pipeline.critic.backbone import directory_fingerprint
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import EraRegistryResource, ModelProfileResource
 
-GROUP_SUPERVISION = "supervision"
-GROUP_CRITIC = "critic"
-GROUP_EVALUATION = "evaluation"
-
 # Op tags of the `gpu`-pool assets: on Kubernetes (deploy/, the k8s_job_executor) each such step
 # gets a pod with one GPU. Requesting `nvidia.com/gpu` alone already schedules the pod on a GPU node
 # (only those advertise the resource), so no provider-specific node label is needed; the toleration

@@ -487,7 +487,8 @@ def _score_one(scorer: Scorer, path: str) -> float:
 
 
 def score_paths(scorer: Scorer, paths: Sequence[str | os.PathLike[str]], workers: int | None = None,
-                chunksize: int = 16, mp_context: BaseContext | None = None) -> np.ndarray:
+                chunksize: int = 16, mp_context: BaseContext | None = None,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Scores of many image files, on `workers` processes (default: all cores; 1 = in-process).
 
     The scorers are plain functions / partials, so they travel to worker processes; NIQE on
@@ -498,8 +499,17 @@ def score_paths(scorer: Scorer, paths: Sequence[str | os.PathLike[str]], workers
     """
     names = [os.fspath(p) for p in paths]
     workers = workers or os.cpu_count() or 1
+    scores: list[float] = []
     if workers <= 1 or len(names) < 2 * chunksize:
-        return np.array([_score_one(scorer, p) for p in names], dtype=np.float64)
+        results = (_score_one(scorer, p) for p in names)
+        for score in results:
+            scores.append(score)
+            if progress is not None:
+                progress(len(scores), len(names))
+        return np.array(scores, dtype=np.float64)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp_context) as pool:
-        scores = list(pool.map(functools.partial(_score_one, scorer), names, chunksize=chunksize))
+        for score in pool.map(functools.partial(_score_one, scorer), names, chunksize=chunksize):
+            scores.append(score)
+            if progress is not None:
+                progress(len(scores), len(names))
     return np.array(scores, dtype=np.float64)

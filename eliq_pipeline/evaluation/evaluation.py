@@ -49,10 +49,12 @@ BASELINE_NAMES = {"niqe": "NIQE (fitted on era positives)", "niqe-standard": "NI
 
 def baseline_rows(benchmark: Benchmark, name: str, scores: np.ndarray, n_boot: int = 1000) -> list[dict[str, Any]]:
     """A classic label-free metric against quality MOS; images where it is undefined (NIQE on a
-    flat, all-black image) are left out and n says how many remain."""
+    flat, all-black image) are left out: n says how many remain and each row's `dropped` names them."""
     mos = np.asarray(benchmark.mos_quality(), dtype=float)
     keep = np.isfinite(scores)
-    return label_free_rows(benchmark.name, "visual", scores[keep], mos[keep], protocol=f"label-free/{name}", n_boot=n_boot)
+    rows = label_free_rows(benchmark.name, "visual", scores[keep], mos[keep], protocol=f"label-free/{name}", n_boot=n_boot)
+    dropped = [item.image_path.name for item, kept in zip(benchmark.items, keep) if not kept]
+    return [{**row, "dropped": dropped} for row in rows]  # the warehouse keeps the names, reports show them
 
 
 def method_of(protocol: str) -> str:
@@ -61,10 +63,13 @@ def method_of(protocol: str) -> str:
     return BASELINE_NAMES.get(baseline, baseline.upper()) if baseline else "ELIQ (ours)"
 
 
+HELDOUT_BENCHMARK = "heldout-tuples"  # the benchmark name of held-out tuple accuracy rows
+
+
 def heldout_rows(accuracies: dict[str, float], n: int) -> list[dict[str, Any]]:
     """Held-out tuple ranking accuracy (always available, no human labels involved)."""
     aspect = {"vis_vs_tec": "visual", "vis_vs_aes": "visual", "ali": "alignment"}
-    return [{"benchmark": "heldout-tuples", "protocol": "label-free", "aspect": aspect.get(name, name),
+    return [{"benchmark": HELDOUT_BENCHMARK, "protocol": "label-free", "aspect": aspect.get(name, name),
              "metric": f"ranking_accuracy_{name}", "value": float(value), "n": n, "ci_low": None, "ci_high": None}
             for name, value in sorted(accuracies.items())]
 
@@ -89,7 +94,8 @@ def niqe_model_for(images: Sequence[Image.Image], params_file: str | None = None
 
 
 def cached_baseline_scores(store, name: str, model_key: str, benchmark: Benchmark, shas: Sequence[str],
-                           scorer: Callable[[Any], float]) -> np.ndarray:
+                           scorer: Callable[[Any], float],
+                           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Baseline scores per image, cached in the store by (metric, model, image sha256): a baseline
     that does not depend on the era (PIQE, NIQE with fixed parameters) is computed once."""
     key = f"cache/baselines/{name}-{model_key}/{benchmark.name}.parquet"
@@ -99,7 +105,7 @@ def cached_baseline_scores(store, name: str, model_key: str, benchmark: Benchmar
         cached = dict(zip(table["image_sha256"], table["score"]))
     missing = [i for i, sha in enumerate(shas) if sha not in cached]
     if missing:
-        values = score_paths(scorer, [benchmark.items[i].image_path for i in missing], workers=1)
+        values = score_paths(scorer, [benchmark.items[i].image_path for i in missing], workers=1, progress=progress)
         cached.update({shas[i]: float(v) for i, v in zip(missing, values)})
         store.put_table(key, pa.table({"image_sha256": list(cached), "score": list(cached.values())}))
     return np.array([cached[sha] for sha in shas], dtype=float)

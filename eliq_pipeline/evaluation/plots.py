@@ -1,16 +1,20 @@
-"""Scatter plots of predicted score against MOS, rendered with matplotlib's Agg backend.
+"""Plots for asset metadata and reports, rendered with matplotlib's Agg backend: score-vs-MOS
+scatters (`scatter_png`), training curves (`curves_png`) and accuracies against chance
+(`accuracy_bars_png`); `image_markdown` embeds any of them in Markdown metadata as a data URI.
 
 The PNG bytes go straight into asset metadata or a report. The figure is built with
 `matplotlib.figure.Figure` and drawn on its own Agg canvas: no pyplot, no display, no global state.
 Layout is fixed margins around one axes box (so the plot area sits at the same pixels for any
 input), 1/2/5 x 10^k ticks with light grid lines, and translucent points so dense regions of a
-3,000-image benchmark still read as dense.
+3,000-image benchmark still read as dense. Every plot is at most 640 px wide, so it fits the
+Dagster UI's metadata dialog.
 """
 
 from __future__ import annotations
 
+import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,11 +92,27 @@ def scatter_png(
 
     Non-finite pairs are dropped. Same input gives the same bytes.
     """
-    if width < MARGIN_LEFT + MARGIN_RIGHT + 50 or height < MARGIN_TOP + MARGIN_BOTTOM + 50:
-        raise ValueError(f"{width}x{height} leaves no room for the axes")
+    _check_size(width, height)
     p, m = _finite_pairs(pred, mos)
     box = axes_for(p, m, width, height)
 
+    fig, ax = _figure(box, width, height)
+    # Marker size is an area in points^2; at 72 dpi a diameter of 2r points is 2r pixels.
+    ax.scatter(p, m, s=(2 * point_radius) ** 2, c=[np.array(point_color) / 255],
+               alpha=point_alpha / 255, linewidths=0)
+    if p.size == 0:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color=_TEXT)
+    _labels(fig, ax, title, xlabel, ylabel, height)
+    return _png(fig, width, height)
+
+
+def _check_size(width: int, height: int) -> None:
+    if width < MARGIN_LEFT + MARGIN_RIGHT + 50 or height < MARGIN_TOP + MARGIN_BOTTOM + 50:
+        raise ValueError(f"{width}x{height} leaves no room for the axes")
+
+
+def _figure(box: Axes, width: int, height: int):
+    """A white figure of width x height pixels with one styled axes at `box` showing its ranges."""
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
     ax = fig.add_axes((box.left / width, MARGIN_BOTTOM / height,
                        (box.right - box.left) / width, (box.bottom - box.top) / height))
@@ -106,17 +126,17 @@ def scatter_png(
     ax.set_axisbelow(True)
     for spine in ax.spines.values():
         spine.set(color=_AXIS, linewidth=1)
+    return fig, ax
 
-    # Marker size is an area in points^2; at 72 dpi a diameter of 2r points is 2r pixels.
-    ax.scatter(p, m, s=(2 * point_radius) ** 2, c=[np.array(point_color) / 255],
-               alpha=point_alpha / 255, linewidths=0)
-    if p.size == 0:
-        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color=_TEXT)
+
+def _labels(fig: Figure, ax, title: str, xlabel: str, ylabel: str, height: int) -> None:
     if title:
         fig.text(0.5, 1 - MARGIN_TOP / 2 / height, title, ha="center", va="center", fontsize=16, color=_TEXT)
     ax.set_xlabel(xlabel, fontsize=14, color=_TEXT)
     ax.set_ylabel(ylabel, fontsize=14, color=_TEXT)
 
+
+def _png(fig: Figure, width: int, height: int) -> bytes:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])  # opaque figure: drop alpha
@@ -125,3 +145,103 @@ def scatter_png(
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)  # PIL writes no timestamp/version chunks
     return out.getvalue()
+
+
+# Line colours of curves_png / accuracy_bars_png (matplotlib's tab10, colour-blind distinguishable).
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+CHANCE_COLOR = "#888888"
+
+
+def curves_png(
+    series: Mapping[str, Sequence[float]],
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    *,
+    x: Sequence[float] | None = None,
+    smooth: int = 0,
+    hline: tuple[float, str] | None = None,
+    marker_x: float | None = None,
+    width: int = 640,
+    height: int = 360,
+) -> bytes:
+    """PNG bytes of line plots, one line per named series (in order), with a legend.
+
+    x gives the shared x positions (default 1..n); `smooth` > 1 overlays each series' moving
+    average over that many points (the raw series stays, faded), for noisy per-step losses;
+    `hline` = (y, label) draws a dashed reference line (chance level); `marker_x` a dotted vertical
+    line (the kept epoch). Non-finite values are gaps. Same input gives the same bytes."""
+    _check_size(width, height)
+    values = {name: np.asarray(v, dtype=np.float64).reshape(-1) for name, v in series.items()}
+    n = max((v.size for v in values.values()), default=0)
+    xs = np.arange(1, n + 1, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64).reshape(-1)
+    if xs.size < n:
+        raise ValueError(f"x has {xs.size} values but a series has {n}")
+    finite_y = [v[np.isfinite(v)] for v in values.values()]
+    all_y = np.concatenate(finite_y + ([np.array([hline[0]])] if hline else [])) if finite_y or hline else np.array([])
+    box = Axes(MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM,
+               _data_range(xs[:n]), _data_range(all_y))
+    fig, ax = _figure(box, width, height)
+    for index, (name, v) in enumerate(values.items()):
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        line_x = xs[: v.size]
+        if smooth > 1 and v.size >= smooth:
+            ax.plot(line_x, v, color=color, linewidth=1, alpha=0.3)
+            kernel = np.ones(smooth) / smooth
+            ax.plot(line_x[smooth - 1:], np.convolve(v, kernel, mode="valid"), color=color, linewidth=2,
+                    label=f"{name} (mean of {smooth})")
+        else:
+            ax.plot(line_x, v, color=color, linewidth=2, marker="o" if v.size <= 30 else None, markersize=4,
+                    label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color=CHANCE_COLOR, linestyle="--", linewidth=1.5, label=hline[1])
+    if marker_x is not None:
+        ax.axvline(marker_x, color=CHANCE_COLOR, linestyle=":", linewidth=1.5)
+    if n == 0:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color=_TEXT)
+    elif values:
+        ax.legend(fontsize=11, frameon=True, framealpha=0.85, loc="best")
+    _labels(fig, ax, title, xlabel, ylabel, height)
+    return _png(fig, width, height)
+
+
+def accuracy_bars_png(
+    accuracies: Mapping[str, float],
+    title: str = "",
+    ylabel: str = "accuracy",
+    *,
+    chance: float | None = 0.5,
+    width: int = 640,
+    height: int = 360,
+) -> bytes:
+    """PNG bytes of one bar per named accuracy (0..1 axis), its value printed above it, and a
+    dashed line at `chance` (None: no line). Same input gives the same bytes."""
+    _check_size(width, height)
+    names = list(accuracies)
+    heights = np.array([float(accuracies[k]) for k in names], dtype=np.float64)
+    box = Axes(MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM,
+               (-0.6, max(len(names), 1) - 0.4), (0.0, 1.08))
+    fig, ax = _figure(box, width, height)
+    positions = np.arange(len(names), dtype=np.float64)
+    ax.bar(positions, np.nan_to_num(heights), width=0.6,
+           color=[SERIES_COLORS[i % len(SERIES_COLORS)] for i in range(len(names))])
+    for pos, value in zip(positions, heights):
+        ax.text(pos, (value if np.isfinite(value) else 0) + 0.02, f"{value:.3f}" if np.isfinite(value) else "n/a",
+                ha="center", va="bottom", fontsize=12, color=_TEXT)
+    ax.set_xticks(positions, names)
+    ax.grid(axis="x", visible=False)
+    if chance is not None:
+        ax.axhline(chance, color=CHANCE_COLOR, linestyle="--", linewidth=1.5)
+        ax.text(box.x_range[1], chance + 0.01, f"chance {chance:g}", ha="right", va="bottom", fontsize=11,
+                color=CHANCE_COLOR)
+    if not names:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color=_TEXT)
+    _labels(fig, ax, title, "", ylabel, height)
+    return _png(fig, width, height)
+
+
+def image_markdown(png: bytes, alt: str, caption: str = "") -> str:
+    """Markdown showing a PNG inline (a data URI, so the metadata needs no file server), with an
+    optional caption line above it."""
+    image = f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return f"{caption}\n\n{image}" if caption else image

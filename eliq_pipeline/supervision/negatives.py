@@ -230,6 +230,7 @@ def build_negatives(
     levels: Sequence[int | None] = (None,),
     per_aspect: int = 0,
     no_effect: list[dict[str, Any]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Negatives per positive, tagged aspect x family x method x params:
     conventional technical (repeated JPEG, Gaussian noise), conventional aesthetic (the editor),
@@ -244,6 +245,7 @@ def build_negatives(
     all of them is most of the supervision time on CPU). A degradation that leaves the positive
     unchanged (desaturating a black-and-white image) is no negative: it is dropped, appended to
     `no_effect`, and the next (method, level) of that aspect is made instead.
+    `progress(done, total)` is called after each positive.
     Returns rows, created count, reused count (degradations; generated images are counted upstream)."""
     if aesthetic_methods is None:
         aesthetic_methods = () if editors else (AESTHETIC_EDIT_METHOD,)
@@ -258,7 +260,7 @@ def build_negatives(
         ai_by_positive.setdefault((row["prompt_id"], row["generator"]), []).append(row)
     rows: list[dict[str, Any]] = []
     created = reused = 0
-    for positive in positives:
+    for done, positive in enumerate(positives, 1):
         for candidates, wanted in _conventional_plan(positive["image_sha256"], technical_methods, aesthetic_methods,
                                                      levels, per_aspect):
             made = 0
@@ -298,6 +300,8 @@ def build_negatives(
         other = mismatched_prompt(list(prompts), by_id[positive["prompt_id"]], rng)
         rows.append(_negative_row(positive, "ali", "conventional", "shuffled_prompt", {"seed": seed}, None,
                                   other.prompt_id, other.text))
+        if progress is not None:
+            progress(done, len(positives))
     for row in rows:
         graded = () if row["severity"] is None else (row["severity"],)  # ungraded ids stay as they were
         row["negative_id"] = stable_hash(row["positive_sha256"], row["method"], row["image_sha256"],

@@ -100,3 +100,70 @@ def test_axes_for_pads_the_data_range():
     assert axes.x_range == pytest.approx((-0.4, 10.4))
     assert axes.y_range == (1.5, 2.5)
     assert axes_for(np.array([]), np.array([]), 640, 480).x_range == (0.0, 1.0)
+
+
+# ---------------------------------------------------------------- curves, bars, Markdown images
+
+from eliq_pipeline.evaluation.plots import SERIES_COLORS, accuracy_bars_png, curves_png, image_markdown  # noqa: E402
+
+
+def _colour_pixels(pixels: np.ndarray, hex_colour: str) -> int:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels.astype(int) - rgb).sum(axis=-1) < 30).sum())
+
+
+def test_curves_png_draws_each_series_in_its_colour_and_fits_the_dialog():
+    data = curves_png({"train loss": [1.0, 0.6, 0.4, 0.3], "held-out loss": [1.1, 0.8, 0.7, 0.7]}, "t", "epoch", "loss",
+                      x=[1, 2, 3, 4], marker_x=3)
+    image = _decode(data)
+    assert image.size == (640, 360) and image.mode == "RGB" and not image.text
+    pixels = np.asarray(image)
+    assert _colour_pixels(pixels, SERIES_COLORS[0]) > 200 and _colour_pixels(pixels, SERIES_COLORS[1]) > 200
+    assert curves_png({"a": [1.0, 0.5]}, "t") == curves_png({"a": [1.0, 0.5]}, "t")  # deterministic
+    assert _decode(curves_png({"a": [1.0, 0.5]}, width=400, height=300)).size == (400, 300)
+
+
+def test_curves_png_smooths_noisy_series_and_draws_a_chance_line():
+    rng = np.random.default_rng(0)
+    noisy = list(np.exp(-np.arange(200) / 50) + rng.normal(0, 0.1, 200))
+    raw = np.asarray(_decode(curves_png({"loss": noisy})))
+    smoothed = np.asarray(_decode(curves_png({"loss": noisy}, smooth=10)))
+    # the moving average is a solid line over a faded raw series: fewer fully coloured pixels
+    assert _colour_pixels(smoothed, SERIES_COLORS[0]) < _colour_pixels(raw, SERIES_COLORS[0])
+    with_chance = np.asarray(_decode(curves_png({"acc": [0.6, 0.7, 0.9]}, hline=(0.5, "chance"))))
+    without = np.asarray(_decode(curves_png({"acc": [0.6, 0.7, 0.9]})))
+    def greys(pixels):  # neutral mid greys: the dashed line (anti-aliased); grid lines are lighter
+        p = pixels.astype(int)
+        return int(((p.max(axis=-1) - p.min(axis=-1) < 8) & (p[..., 0] > 100) & (p[..., 0] < 215)).sum())
+
+    assert greys(with_chance) > greys(without) + 150  # the dashed line
+    # gaps and empty input render, "no data" in the middle
+    _decode(curves_png({"acc": [0.6, float("nan"), 0.9]}))
+    empty = np.asarray(_decode(curves_png({})).convert("L"))
+    assert (empty[150:210, 260:380] < 128).any()
+    with pytest.raises(ValueError, match="x has 2 values"):
+        curves_png({"a": [1, 2, 3]}, x=[1, 2])
+
+
+def test_accuracy_bars_png_draws_one_bar_per_accuracy_and_the_chance_line():
+    image = _decode(accuracy_bars_png({"tec": 0.94, "aes": 0.7, "ali": 0.375}, "held-out"))
+    assert image.size == (640, 360)
+    pixels = np.asarray(image)
+    for colour in SERIES_COLORS[:3]:
+        assert _colour_pixels(pixels, colour) > 1000  # a filled bar each
+    assert _colour_pixels(pixels, SERIES_COLORS[3]) == 0
+    bars = [_colour_pixels(pixels, colour) for colour in SERIES_COLORS[:3]]
+    assert bars[0] > bars[1] > bars[2]  # bar areas follow the accuracies
+    assert _colour_pixels(pixels, "#888888") > 50  # chance line
+    _decode(accuracy_bars_png({}))  # no data still renders
+
+
+def test_image_markdown_embeds_the_png_as_a_data_uri_under_its_caption():
+    import base64
+
+    png = curves_png({"a": [1.0, 0.5]})
+    text = image_markdown(png, "loss", "Training loss")
+    caption, image = text.split("\n\n")
+    assert caption == "Training loss" and image.startswith("![loss](data:image/png;base64,")
+    assert base64.b64decode(image[len("![loss](data:image/png;base64,"):-1]) == png
+    assert image_markdown(png, "loss") == image  # no caption: the image alone

@@ -18,12 +18,17 @@ from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import (
     adapter_fingerprint, pseudo_label_examples, save_tuned_backbone, tune_backbone,
 )
-from eliq_pipeline.defs.common import GPU_STEP_TAGS, GROUP_CRITIC, current_era, era_metadata, era_output, rows_to_table
+from eliq_pipeline.defs.console import progress
+from eliq_pipeline.defs.common import GPU_STEP_TAGS, current_era, era_output, rows_to_table
+from eliq_pipeline.defs.metadata import (
+    ACCURACY_LABELS, LINEAGE_GROUP, accuracy_metadata, era_metadata, image_metadata, numbers,
+)
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import (
     ArtifactStoreResource, ComputeResource, EraRegistryResource, ModelProfileResource,
 )
 from eliq_pipeline.evaluation.benchmark_inputs import benchmark_requests, image_loader
+from eliq_pipeline.evaluation.plots import curves_png
 from eliq_pipeline.supervision.image_cache import get_image
 
 # The cache namespace of an era's embeddings travels with its table (parquet schema metadata).
@@ -44,13 +49,23 @@ def model_output_dir(profile: ModelProfileResource, era: str, name: str) -> Path
     return Path(profile.home) / "work" / era / "outputs" / name
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="sft-3", pool="gpu",
-          op_tags=GPU_STEP_TAGS)
+def loss_plot(era: str, losses: list[float]) -> bytes:
+    """The SFT loss per optimizer step, with a moving average over 1/20 of the steps (at least 5)."""
+    window = max(5, len(losses) // 20)
+    return curves_png({"train loss": losses}, f"{era}: tuned_mllm instruction-tuning loss", "optimizer step",
+                      "cross-entropy on low/high", smooth=window if len(losses) >= 2 * window else 0)
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="sft-4", pool="gpu",
+          op_tags=GPU_STEP_TAGS, kinds={"pytorch", "transformers"})
 def tuned_mllm(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource,
 ) -> dg.Output[Path]:
-    """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect."""
+    """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect.
+
+    Metadata: `final_loss` and `heldout_label_accuracy_tec|aes|ali` (low/high answered right on
+    held-out tuples) as numbers, the loss curve as a plot (and as JSON)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     rows = comparison_tuples.to_pylist()
@@ -66,7 +81,7 @@ def tuned_mllm(
     work_dir = Path(profile.home) / "work" / era.name / "sft"  # resumable checkpoints live here
     base = tiny.resolve(settings.backbone, profile.models_dir)  # a tiny backbone is built once
     result = tune_backbone(base, train, heldout, config, work_dir, device=profile.torch_device(),
-                           log=context.log.info)
+                           log=context.log.info, progress=progress(context, "instruction tuning", "steps"))
     out = save_tuned_backbone(result.model, result.processor, model_output_dir(profile, era.name, "tuned_mllm"),
                               base_ref=settings.backbone)
     return era_output(out, era_metadata(
@@ -74,14 +89,16 @@ def tuned_mllm(
         base_backbone=settings.backbone, resumed_from_step=result.resumed_from_step,
         train_examples=len(train), heldout_examples=len(heldout), steps=result.steps,
         trainable_parameters=result.trainable_params,
+        **numbers(final_loss=result.loss_curve[-1] if result.loss_curve else None),
+        **accuracy_metadata(result.heldout_accuracy, "heldout_label_accuracy"),
+        loss_plot=image_metadata(loss_plot(era.name, result.loss_curve), "instruction-tuning loss per step"),
         heldout_label_accuracy=dg.MetadataValue.json(result.heldout_accuracy),
         loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_curve]),
-        final_loss=float(result.loss_curve[-1]) if result.loss_curve else float("nan"),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="embeddings-2", pool="gpu",
-          op_tags=GPU_STEP_TAGS)
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="embeddings-2", pool="gpu",
+          op_tags=GPU_STEP_TAGS, kinds={"pytorch", "parquet"})
 def aspect_embeddings(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, tuned_mllm: Path, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource, compute: ComputeResource,
@@ -100,7 +117,7 @@ def aspect_embeddings(
     embedder = AspectEmbedder(str(adapter_dir), base=tiny.resolve(settings.backbone, profile.models_dir),
                               device=profile.device, batch_size=settings.embed_batch_size)
     computed, reused = cache.ensure(requests, image_loader(store, bench_paths), embedder,
-                                    progress=lambda d, t: context.log.info(f"embeddings {d}/{t}"),
+                                    progress=progress(context, "embeddings", "queries"),
                                     compute=compute.compute())
     index = [{"key": r.key(namespace), "image_sha256": r.image_sha256, "aspect": r.aspect,
               "has_prompt": r.prompt is not None} for r in dict.fromkeys(requests)]
@@ -112,12 +129,30 @@ def aspect_embeddings(
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_CRITIC, code_version="qqt-1")
+def training_plots(era: str, history: list[dict[str, float]], best_epoch: int) -> dict[str, bytes]:
+    """The scoring head's per-epoch losses (train, held-out) and held-out ranking accuracies
+    (against chance), the kept epoch marked."""
+    epochs = [row["epoch"] for row in history]
+    column = lambda key: [row.get(key, float("nan")) for row in history]  # noqa: E731
+    losses = curves_png({"train loss": column("train_loss"), "held-out loss": column("heldout_loss")},
+                        f"{era}: qqt_model ranking loss", "epoch", "margin ranking loss", x=epochs,
+                        marker_x=best_epoch or None)
+    accuracy = curves_png({label: column(f"heldout_{key}") for key, label in ACCURACY_LABELS.items()},
+                          f"{era}: qqt_model held-out accuracy per epoch", "epoch", "ranking accuracy", x=epochs,
+                          hline=(0.5, "chance"), marker_x=best_epoch or None)
+    return {"loss_plot": losses, "heldout_accuracy_plot": accuracy}
+
+
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="qqt-2", kinds={"pytorch"})
 def qqt_model(
     context: dg.AssetExecutionContext, comparison_tuples: pa.Table, aspect_embeddings: pa.Table,
     eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
 ) -> dg.Output[Path]:
-    """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5)."""
+    """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5).
+
+    Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch) and
+    `final_loss` as numbers; plots of the losses and held-out accuracies per epoch (dotted line:
+    the kept epoch; dashed: chance)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     namespace = embedding_namespace(aspect_embeddings)
@@ -136,7 +171,11 @@ def qqt_model(
     return era_output(model_output_dir(profile, era.name, "qqt_model"), era_metadata(
         era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
         heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
-        heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
+        **accuracy_metadata(result.heldout_accuracies),
+        **numbers(final_loss=result.loss_history[-1] if result.loss_history else None),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+        **{key: image_metadata(png, key.replace("_", " ")) for key, png in
+           training_plots(era.name, result.history, result.best_epoch).items()},
+        heldout_accuracy=dg.MetadataValue.json(result.heldout_accuracies),
         loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_history]),
     ))

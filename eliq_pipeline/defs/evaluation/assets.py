@@ -12,31 +12,39 @@ from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.head.checkpoints import load_scoring_head
 from eliq_pipeline.critic.head.ranking import ranking_accuracies
-from eliq_pipeline.defs.common import GROUP_EVALUATION, current_era, era_metadata, era_result, markdown_table
+from eliq_pipeline.defs.console import progress
+from eliq_pipeline.defs.common import current_era, era_result
+from eliq_pipeline.defs.metadata import (
+    ACCURACY_LABELS, LINEAGE_GROUP, accuracy_metadata, era_metadata, image_metadata, score_numbers, scores_table,
+)
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import ArtifactStoreResource, EraRegistryResource, ModelProfileResource, WarehouseResource
 from eliq_pipeline.defs.resources.io_manager import era_key
 from eliq_pipeline.evaluation.baselines import make_baseline
 from eliq_pipeline.evaluation.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.evaluation.evaluation import (
-    baseline_rows, benchmark_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of, niqe_model_for,
-    score_benchmark,
+    baseline_rows, benchmark_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of,
+    niqe_model_for, score_benchmark,
 )
-from eliq_pipeline.evaluation.plots import scatter_png
+from eliq_pipeline.evaluation.plots import accuracy_bars_png, scatter_png
+from eliq_pipeline.evaluation.report import TOY_CAVEAT, TOY_PROFILES, report_markdown
 from eliq_pipeline.supervision.image_cache import get_image, stable_hash
-from eliq_pipeline.supervision.preview import preview_markdown
 
-TABLE_COLUMNS = ("method", "benchmark", "protocol", "aspect", "metric", "value", "ci_low", "ci_high", "n")
-
-
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_EVALUATION, code_version="bench-3")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="bench-4",
+          kinds={"duckdb", "matplotlib"})
 def benchmark_scores(
     context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, qqt_model: Path,
     eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Held-out tuple ranking accuracy, and on every benchmark found: label-free and weak-supervised
-    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1); rows go to the warehouse."""
+    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1); rows go to the warehouse
+    (`scores` table of $ELIQ_HOME/warehouse.duckdb, `eliq report`).
+
+    Metadata: `heldout_accuracy_tec|aes|ali` and, per benchmark, `srcc|plcc|krcc_<vis|ali>_<benchmark>`
+    as numbers (the Plots tab charts them across eras); the `scores` table; plots of held-out
+    accuracy against chance and of s_vis against quality MOS (and s_ali against alignment MOS where
+    the benchmark rates alignment)."""
     era = current_era(context, eras)
     store = artifacts.store()
     head_dir = qqt_model
@@ -63,22 +71,38 @@ def benchmark_scores(
         s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)
         rows += benchmark_rows(benchmark, s_vis, s_ali)
         for name, (model_key, scorer) in baselines.items():
-            rows += baseline_rows(benchmark, name, cached_baseline_scores(store, name, model_key, benchmark, shas, scorer))
-        png = scatter_png(s_vis, benchmark.mos_quality(), title=f"{era.name}: ELIQ s_vis vs MOS on {benchmark.name}",
-                          xlabel="s_vis (label-free)", ylabel="quality MOS")
+            scores = cached_baseline_scores(store, name, model_key, benchmark, shas, scorer,
+                                            progress(context, f"{name} on {benchmark.name}"))
+            rows += baseline_rows(benchmark, name, scores)
+        png = scatter_png(s_vis, benchmark.mos_quality(), title=f"{era.name}: s_vis vs quality MOS, {benchmark.name}",
+                          xlabel="ELIQ s_vis (label-free)", ylabel="quality MOS")
         store.put_bytes(era_key(era.name, f"scatter-{benchmark.name}.png"), png)
-        scatter[benchmark.name] = png
+        scatter[f"scatter_vis_{benchmark.name}"] = (png, f"ELIQ s_vis against quality MOS on {benchmark.name}")
+        if benchmark.has_alignment:
+            png = scatter_png(s_ali, benchmark.mos_align(), title=f"{era.name}: s_ali vs alignment MOS, {benchmark.name}",
+                              xlabel="ELIQ s_ali (label-free)", ylabel="alignment MOS", point_color=(44, 160, 44))
+            store.put_bytes(era_key(era.name, f"scatter-ali-{benchmark.name}.png"), png)
+            scatter[f"scatter_ali_{benchmark.name}"] = (png, f"ELIQ s_ali against alignment MOS on {benchmark.name}")
         context.log.info(f"{benchmark.name}: scored {len(benchmark)} images")
     bundle = bundle_hash(namespace.encode(), (head_dir / "model.safetensors").read_bytes())
     warehouse.replace_scores(era.name, bundle, rows)
     for row in rows:
         row["method"] = method_of(row["protocol"])
+    caveat = {"caveat": dg.MetadataValue.text(TOY_CAVEAT)} if profile.profile in TOY_PROFILES else {}
     metadata = era_metadata(
-        era, eras, profile, bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
+        era, eras, profile, **caveat, **accuracy_metadata(accuracies), heldout_tuples=len(heldout), **score_numbers(rows),
+        scores_table=scores_table(rows, profile.profile),
+        heldout_accuracy_plot=image_metadata(
+            accuracy_bars_png({ACCURACY_LABELS[k]: v for k, v in accuracies.items() if k in ACCURACY_LABELS},
+                              f"{era.name}: held-out tuple ranking accuracy"),
+            "held-out tuple ranking accuracy", "Held-out tuples (prompts never trained on): how often the critic "
+            "ranks the positive over its negative; dashed line: chance."),
+        **{key: image_metadata(png, alt) for key, (png, alt) in scatter.items()},
+        bundle_hash=bundle, benchmarks=dg.MetadataValue.json([b.name for b in present]),
         skipped_benchmarks=dg.MetadataValue.json({name: reason for name, reason in skipped}),
         heldout_accuracy=dg.MetadataValue.json(accuracies),
-        scores=dg.MetadataValue.md(markdown_table(rows, TABLE_COLUMNS)),
+        scores=dg.MetadataValue.md(report_markdown(
+            [{**r, "era": era.name} for r in rows], profile.profile,
+            {(era.name, r["benchmark"], r["protocol"]): r["dropped"] for r in rows if r.get("dropped")})),
     )
-    for name, png in scatter.items():
-        metadata[f"scatter_{name}"] = dg.MetadataValue.md(preview_markdown(png, f"ELIQ s_vis vs quality MOS, {name}"))
     return era_result(metadata, bundle + json.dumps(rows, default=str))

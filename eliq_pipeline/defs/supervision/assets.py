@@ -1,6 +1,7 @@
 """Supervision assets (paper 3.2): prompts, positive_images, negative_images, comparison_tuples."""
 
 import json
+from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
@@ -8,7 +9,9 @@ import pyarrow as pa
 from eliq_pipeline import tiny
 from eliq_pipeline.core.compute import Compute
 from eliq_pipeline.core.eras import OFFLINE_EDITOR, Era, EraRegistry
-from eliq_pipeline.defs.common import GPU_STEP_TAGS, GROUP_SUPERVISION, current_era, era_metadata, era_output, rows_to_table
+from eliq_pipeline.defs.common import GPU_STEP_TAGS, current_era, era_output, rows_to_table
+from eliq_pipeline.defs.console import progress
+from eliq_pipeline.defs.metadata import LINEAGE_GROUP, era_metadata, image_metadata
 from eliq_pipeline.defs.partitions import ERA_PARTITIONS
 from eliq_pipeline.defs.resources import (
     ArtifactStoreResource, ComputeResource, EraRegistryResource, ModelProfileResource,
@@ -24,7 +27,7 @@ from eliq_pipeline.supervision.generators import GeneratorSpec
 from eliq_pipeline.supervision.negatives import (
     PrecomputedEditor, build_negatives, check_methods, low_quality_skips, precompute_edits, sampler_skips,
 )
-from eliq_pipeline.supervision.preview import preview_markdown, preview_png
+from eliq_pipeline.supervision.preview import positives_png, preview_png
 from eliq_pipeline.supervision.prompt_refine import refine_labels
 from eliq_pipeline.supervision.prompts import (
     Prompt, aesthetic_degraded_prompt, build_prompt_bank, degraded_prompt, load_prompt_file, prompts_from_import,
@@ -94,10 +97,6 @@ def _import_reports(factory: GeneratorFactory) -> dict:
             if isinstance(backend, ImageSource)}
 
 
-def _progress(context: dg.AssetExecutionContext, what: str):
-    return lambda done, total: context.log.info(f"{what}: {done}/{total} images")
-
-
 def _requests(registry: EraRegistry, generator_ids, prompts: list[Prompt], profile: ModelProfileResource):
     defaults = _defaults(profile)
     return [
@@ -125,7 +124,7 @@ def _import_prompts(registry: EraRegistry, era: Era, profile: ModelProfileResour
     return prompts_from_import(entries), gids
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="prompts-3")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="prompts-3", kinds={"parquet"})
 def prompts(
     context: dg.AssetExecutionContext, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource,
@@ -166,32 +165,41 @@ def prompts(
                                                       examples=dg.MetadataValue.md("\n".join(f"- {r['text']}" for r in rows[:5]))))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="positives-2", pool="gpu",
-          op_tags=GPU_STEP_TAGS)
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="positives-3", pool="gpu",
+          op_tags=GPU_STEP_TAGS, kinds={"diffusers", "parquet"})
 def positive_images(
     context: dg.AssetExecutionContext, prompts: pa.Table, eras: EraRegistryResource, profile: ModelProfileResource,
     artifacts: ArtifactStoreResource, compute: ComputeResource,
 ) -> dg.Output[pa.Table]:
     """One image per (prompt, positive generator) of the era (3.2.2); a generator shared with an
-    earlier era reuses its cached images. Rendered in this process or on Ray (`compute`)."""
+    earlier era reuses its cached images. Rendered in this process or on Ray (`compute`).
+
+    Metadata: counts (generated, reused, skipped, per generator) and `preview`, a grid of the first
+    positives labelled with generator and prompt."""
     era: Era = current_era(context, eras)
     registry, store = eras.load(), artifacts.store()
     requests = _requests(registry, era.positive_generators, prompt_list(prompts), profile)
     factory, skipped = _generator_factory(registry, profile, artifacts, era.positive_generators), []
     rows, generated, reused = generate_images(store, requests, factory, profile.settings().generation_batch_size,
-                                              _progress(context, "positives"), skipped=skipped,
+                                              progress(context, "positives"), skipped=skipped,
                                               compute=compute.compute())
+    if skipped:  # one console line; each image in the event log
+        reasons = Counter(f"{skip['generator']}: {skip['reason']}" for skip in skipped)
+        context.log.warning(f"skipped {len(skipped)} positive image(s): "
+                            + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common()))
     for skip in skipped:
-        context.log.warning(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
+        context.log.debug(f"skipped {skip['generator']}: {skip['prompt'][:60]!r}: {skip['reason']}")
     return era_output(rows_to_table(rows), era_metadata(
         era, eras, profile, images_generated=generated, images_reused=reused, num_positives=len(rows),
         images_skipped=len(skipped), per_generator=dg.MetadataValue.json(count_by(rows, "generator")),
+        **({"preview": image_metadata(positives_png(store, rows), "the first positives of the era",
+                                      f"{min(len(rows), 10)} of the {len(rows)} positives, each generator in turn")} if rows else {}),
         import_reports=dg.MetadataValue.json(_import_reports(factory)),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="negatives-6", pool="gpu",
-          op_tags=GPU_STEP_TAGS)
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="negatives-7", pool="gpu",
+          op_tags=GPU_STEP_TAGS, kinds={"diffusers", "parquet"})
 def negative_images(
     context: dg.AssetExecutionContext, prompts: pa.Table, positive_images: pa.Table, eras: EraRegistryResource,
     profile: ModelProfileResource, artifacts: ArtifactStoreResource, compute: ComputeResource,
@@ -201,7 +209,10 @@ def negative_images(
     appearance-degrading prompts (aes); shuffled prompts, rendered prompt variants (ali).
     The renders that need the positive's own sampler (degraded, appearance and variant prompts,
     premature decoding) are made for generators that have one; for imported positives they are
-    skipped, with count and reason per family/method in `skipped_negatives`."""
+    skipped, with count and reason per family/method in `skipped_negatives`.
+
+    Metadata: counts per family x aspect (x method) and `preview`, a grid of one positive and its
+    image negatives labelled aspect, family and method."""
     era = current_era(context, eras)
     registry, store, settings = eras.load(), artifacts.store(), profile.settings()
     check_methods(settings.technical_methods, settings.aesthetic_methods, settings.severity_levels)  # before any work
@@ -211,14 +222,14 @@ def negative_images(
     low_skipped: list[dict] = []
     low, low_generated, low_reused = generate_images(
         store, _requests(registry, era.low_quality_generators, bank, profile), load, batch,
-        _progress(context, "low-quality"), skipped=low_skipped, compute=runner)
+        progress(context, "low-quality"), skipped=low_skipped, compute=runner)
     # AI-specific renders need the positive's own sampler: planned only for generators that have
     # one; for the others (imported images) they are skipped and reported, the rest is built.
     no_sampler = _without_sampler(registry, era.positive_generators)
     samplers = [gid for gid in era.positive_generators if gid not in no_sampler]
     planned = ai_specific_requests(_requests(registry, samplers, bank, profile), settings.premature_fraction)
     ai_rows, ai_generated, ai_reused = generate_ai_specific(store, planned, load, batch,
-                                                            _progress(context, "AI-specific"), compute=runner)
+                                                            progress(context, "AI-specific"), compute=runner)
     skipped_negatives = {**sampler_skips(positives, no_sampler), **low_quality_skips(positives, low_skipped)}
     for key, skip in skipped_negatives.items():
         context.log.warning(f"skipped {skip['count']} {key} negatives: {skip['reason']}")
@@ -228,7 +239,8 @@ def negative_images(
                                                 technical_methods=settings.technical_methods,
                                                 aesthetic_methods=settings.aesthetic_methods or None,
                                                 levels=settings.severity_levels,
-                                                per_aspect=settings.negatives_per_aspect, no_effect=no_effect)
+                                                per_aspect=settings.negatives_per_aspect, no_effect=no_effect,
+                                                progress=progress(context, "negatives", "positives"))
     preview = preview_png(store, positives[0], [r for r in rows if r["positive_sha256"] == positives[0]["image_sha256"]])
     store.put_bytes(era_key(era.name, "negative_preview.png"), preview)
     return era_output(rows_to_table(rows), era_metadata(
@@ -242,12 +254,13 @@ def negative_images(
         counts_by_family_aspect_method=dg.MetadataValue.json(count_by(rows, "family", "aspect", "method")),
         # family/method -> count, reason (and count per generator) of negatives that could not be made
         skipped_negatives=dg.MetadataValue.json(skipped_negatives),
-        preview=dg.MetadataValue.md(preview_markdown(preview, positives[0]["prompt"])),
+        preview=image_metadata(preview, "one positive and its image negatives",
+                               f"The first positive and its image negatives. Prompt: *{positives[0]['prompt']}*"),
         preview_path=store.describe(era_key(era.name, "negative_preview.png")),
     ))
 
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=GROUP_SUPERVISION, code_version="tuples-3")
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="tuples-3", kinds={"parquet"})
 def comparison_tuples(
     context: dg.AssetExecutionContext, positive_images: pa.Table, negative_images: pa.Table,
     eras: EraRegistryResource, profile: ModelProfileResource,
