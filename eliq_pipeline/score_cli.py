@@ -264,6 +264,7 @@ def write_era_images(era: str, folder: Path, env: dict[str, str] | None = None) 
     a CSV that `eliq score --input` takes as it is. Every file is written atomically, the CSV
     last, so a CSV present lists only images that are there. Returns the CSV's path."""
     from eliq_pipeline.core.atomic import write_bytes
+    from eliq_pipeline.core.images import sha256_file
     from eliq_pipeline.supervision.image_cache import image_key
 
     positives = era_positives(era, env)
@@ -271,7 +272,7 @@ def write_era_images(era: str, folder: Path, env: dict[str, str] | None = None) 
     folder = Path(folder)
     for positive in positives:
         target = folder / positive.name
-        if not (target.is_file() and target.stat().st_size > 0 and _sha256_of(target) == positive.image_sha256):
+        if not (target.is_file() and target.stat().st_size > 0 and sha256_file(target) == positive.image_sha256):
             write_bytes(target, store.get_bytes(image_key(positive.image_sha256)))
     csv_path = folder / ERA_IMAGES_CSV
     with staged_file(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
@@ -280,12 +281,6 @@ def write_era_images(era: str, folder: Path, env: dict[str, str] | None = None) 
         for p in positives:
             writer.writerow([p.name, p.prompt, p.generator, p.prompt_id, p.image_index, p.image_sha256, p.category])
     return csv_path
-
-
-def _sha256_of(path: Path) -> str:
-    from eliq_pipeline.core.images import sha256_bytes
-
-    return sha256_bytes(path.read_bytes())
 
 
 # ------------------------------------------------------------------------------ output file
