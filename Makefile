@@ -9,7 +9,7 @@ ELIQ_HOME ?= $(CURDIR)/.eliq
 DAGSTER_HOME := $(abspath $(ELIQ_HOME))/dagster
 export ELIQ_HOME
 
-.PHONY: setup demo cpu-demo test ui clean
+.PHONY: setup demo cpu-demo test test-slow ui clean
 
 setup: $(VENV)/.installed
 
@@ -38,8 +38,13 @@ cpu-demo: setup
 	ELIQ_HOME=$(CPU_HOME) DAGSTER_HOME=$(CPU_HOME)/dagster ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml \
 	  ELIQ_SUPAGRUEN=$(abspath $(ELIQ_SUPAGRUEN)) $(BIN)/eliq materialize
 
+# The fast default: every test but those marked slow (real-data training, every README command).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+# The slow tests (tens of minutes on 2 cores); CI (.ci/run) runs them after `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 # `dagster dev` runs in the instance folder: started in the repo it would warn that ./dagster.yaml (the
 # template copied into $(DAGSTER_HOME) above) is not used. So the paths the code location reads are

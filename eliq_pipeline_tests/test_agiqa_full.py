@@ -10,7 +10,7 @@ from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import metadata_of, pipeline_env, write_eras
 from eliq_pipeline_tests.shared_data import AGIQA_3K
 
-pytestmark = pytest.mark.skipif(not (AGIQA_3K / "data.csv").is_file(), reason="AGIQA-3K is not available")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (AGIQA_3K / "data.csv").is_file(), reason="AGIQA-3K is not available")]
 
 
 def test_tiny_critic_is_benchmarked_on_all_of_agiqa_3k(tmp_path):

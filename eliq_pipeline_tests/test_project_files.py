@@ -66,3 +66,27 @@ def test_dg_check_defs_loads_the_project():
     result = subprocess.run([str(dg_cli), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully." in result.stdout + result.stderr
+
+
+def _make_recipe(target: str) -> str:
+    """The command lines of a Makefile target (tab-indented lines after `target:`)."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return "\n".join(recipe)
+
+
+def test_ci_runs_the_fast_default_and_every_slow_test():
+    """`make test` leaves the slow tests out; CI must still run them (they prove the real-data issues)."""
+    assert '-m "not slow"' in _make_recipe("test")
+    assert "-m slow" in _make_recipe("test-slow")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.strip().startswith("#")]
+    assert ci.index("make test") < ci.index("make test-slow")
+    slow = {path.name for path in (ROOT / "eliq_pipeline_tests").rglob("test_*.py")
+            if "pytest.mark.slow" in path.read_text(encoding="utf-8")}
+    assert {"test_cpu_profile_learns.py", "test_agiqa_full.py", "test_tiny_profile_learns.py",
+            "test_readme_commands.py"} <= slow

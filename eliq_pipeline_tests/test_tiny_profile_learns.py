@@ -5,9 +5,12 @@ gated fusion, QQT and ranking losses together), as `make demo` shows."""
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import metadata_of
+
+pytestmark = pytest.mark.slow  # trains the shipped era-2024 as make demo does: minutes
 
 SHIPPED_ERAS = Path(__file__).resolve().parents[1] / "eras.yaml"
 
