@@ -33,8 +33,8 @@ ELIQ_LINE = re.compile(r"^(\w+=\S*\s+)*(\S*/)?eliq\s")
 # Command lines README shows but this test does not run: (pattern on the whole command, why).
 NOT_RUN: tuple[tuple[str, str], ...] = (
     (r"^(ELIQ_\w+=\S+ )*make (demo|test|ui|cpu-demo)\b",
-     "make targets: CI runs `make test` and `make test-slow` itself (this test is one of the slow ones), and `make demo` is the era build this test does "
-     "in-process (runner.materialize_eras); cpu-demo trains on a real dataset for 20 minutes"),
+     "make targets: CI runs `make test` and `make test-slow` itself (this test is a slow one), and `make demo` "
+     "is the era build this test does in-process (runner.materialize_eras); cpu-demo trains on a real dataset for 20 minutes"),
     (r"^(docker|kubectl|helm) ",
      "cluster deployment (a registry, a Kubernetes cluster): deploy/ is checked by test_deploy.py"),
     (r"^\.venv/bin/python bench/",
