@@ -60,15 +60,16 @@ class Profile:
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def sft_config(self, **extra: Any):
+        """The profile's SFT settings; a keyword given here (an experiment's ``max_steps``) wins."""
         from eliq_pipeline.critic.instruction_tuning import SFTConfig
 
-        values = {**extra, **self.sft}
+        values = {**self.sft, **extra}
         return SFTConfig.tiny(**values) if self.sft_preset == "tiny" else SFTConfig(**values)
 
     def scorer_config(self, **extra: Any):
         from eliq_pipeline.critic.head.config import ScorerConfig
 
-        return ScorerConfig(**{"aspects": tuple(self.supervision_aspects), **extra, **self.scorer})
+        return ScorerConfig(**{"aspects": tuple(self.supervision_aspects), **self.scorer, **extra})
 
 
 TINY = Profile(

@@ -23,3 +23,10 @@ def test_the_cpu_profile_learns_from_imports_with_graded_conventional_negatives(
     sft = cpu.sft_config()
     assert "visual.merger" in sft.modules_to_save and "lm_head" in sft.modules_to_save
     assert get_profile("cpu", n_prompts=40).n_prompts == 40
+
+
+def test_sft_config_keywords_override_the_profile_settings() -> None:
+    # they were silently dropped under the profile's own values: a curve asked for 20 steps ran 2500
+    assert CPU.sft["max_steps"] == 2500
+    assert CPU.sft_config(max_steps=20, seed=3).max_steps == 20
+    assert CPU.sft_config(seed=3).max_steps == 2500 and CPU.sft_config(seed=3).seed == 3
