@@ -10,6 +10,8 @@ through Selenium, and saves:
   qqt_model.png          qqt_model's latest materialization: accuracies, losses, plots' entries
   <asset>__<key>.png     each image entry (plot or preview grid) of those two and of tuned_mllm,
                          positive_images and negative_images, opened in its dialog as a user would
+  <asset>__checks.png    the Checks tab of benchmark_scores and qqt_model: each check's latest
+                         evaluation with its partition
 
 Run from the repository root, after `make demo` (or any `eliq materialize` into that home):
 
@@ -40,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_PAGES = ("benchmark_scores", "qqt_model")  # saved as <asset>.png
 IMAGE_ENTRIES_OF = ("benchmark_scores", "qqt_model", "tuned_mllm", "positive_images", "negative_images")
+CHECK_PAGES = ("benchmark_scores", "qqt_model")  # saved as <asset>__checks.png
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,6 +202,12 @@ def screenshots(args: argparse.Namespace, base: str, era: str, out: Path) -> lis
             if asset in IMAGE_ENTRIES_OF:
                 driver.set_window_size(args.width, args.height)
                 saved += image_entries(driver, asset, out)
+        for asset in CHECK_PAGES:  # the Checks tab: each check's latest evaluation and its partition
+            driver.set_window_size(args.width, args.height)
+            driver.get(f"{base}/assets/{asset}?view=checks")
+            settle(driver)
+            saved.append(out / f"{asset}__checks.png")
+            driver.save_screenshot(str(saved[-1]))
     finally:
         driver.quit()
     return saved

@@ -1,0 +1,228 @@
+"""Learning curves of the `cpu` profile on real images (issue 11): at every ``--eval-every`` SFT
+steps, the held-out SFT label accuracy per aspect, the QQT's held-out tuple accuracy and, when
+``--agiqa`` is given, AGIQA-3K label-free SRCC / PLCC (bootstrap 95% intervals) of s_vis and s_ali.
+
+Everything is the pipeline's own code with the profile's settings, outside Dagster: imported
+positives (every manifest row its own positive, prompts from the manifest), ``build_negatives``
+and ``build_tuples`` into a local store under ``--work`` (cached, so a rerun skips them), then
+``tune_backbone`` with ``CPU.sft_config``. The SFT runs in stages: its learning rate is constant
+after the warmup, so stopping at step s and resuming to s + k is the trajectory of one
+uninterrupted run (``SFTConfig``), and every point of a curve belongs to the same run. At each
+point the QQT is trained afresh on that checkpoint's embeddings (``--qqt-train`` tuples, all
+held-out tuples), as ``qqt_model`` does.
+
+AGIQA-3K is read at every point of a run whose settings were fixed before it started; it records
+how a choice transfers and is never an input to one. Settings are chosen on held-out label
+accuracy.
+
+    .venv/bin/python bench/cpu_profile_curves.py --images ../shared/datasets/supagruen-sd15 \
+        --agiqa ../shared/datasets/agiqa-3k --steps 4000 --eval-every 500 \
+        --out curves.json --plot curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eliq_pipeline import tiny
+from eliq_pipeline.core.atomic import write_bytes, write_text
+from eliq_pipeline.core.profiles import get_profile
+from eliq_pipeline.core.storage import LocalArtifactStore
+from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
+from eliq_pipeline.critic.head.modules import score_embeddings
+from eliq_pipeline.critic.head.ranking import TupleEmbeddings
+from eliq_pipeline.critic.head.training import train_scoring_head
+from eliq_pipeline.critic.instruction_tuning import pseudo_label_examples, tune_backbone
+from eliq_pipeline.evaluation.metrics import correlation_report
+from eliq_pipeline.supervision.image_cache import get_image, put_image
+from eliq_pipeline.supervision.negatives import build_negatives
+from eliq_pipeline.supervision.prompts import prompt_id_for, prompts_from_import
+from eliq_pipeline.supervision.tuples import build_tuples, seeded_subset
+
+ERA_SEED = 1  # eras-cpu.yaml's sd15-real
+GENERATOR = "supagruen-sd15"
+
+
+def supervision(images: Path, store: LocalArtifactStore, profile, max_positives: int) -> list[dict]:
+    """The era's comparison tuples, built by the pipeline's functions with the profile's settings."""
+    rows = list(csv.DictReader(open(images / "manifest.csv", encoding="utf-8")))
+    if max_positives:
+        rows = rows[:max_positives]
+    bank = prompts_from_import([{"prompt": r["prompt"], "category": r.get("category", "")} for r in rows])
+    positives = []
+    for r in rows:
+        sha = put_image(store, Image.open(images / r["file"]).convert("RGB"))
+        positives.append({"image_sha256": sha, "prompt_id": prompt_id_for(r["prompt"]), "prompt": r["prompt"],
+                          "generator": GENERATOR})
+    negatives, _, _ = build_negatives(store, positives, bank, [], ERA_SEED,
+                                      technical_methods=profile.technical_methods,
+                                      aesthetic_methods=profile.aesthetic_methods,
+                                      levels=profile.severity_levels, per_aspect=profile.negatives_per_aspect)
+    return build_tuples(positives, negatives, profile.heldout_fraction, ERA_SEED, profile.tuples_per_positive,
+                        families=profile.negative_families, exclude_methods=profile.tuple_exclude_methods)
+
+
+def embed_tuples(model, processor, rows: list[dict], load, own_ali: bool, batch: int) -> TupleEmbeddings:
+    """Every query of the tuples in one pass, so each image object is encoded once."""
+    per_row = [critic_data.tuple_requests(r, own_ali) for r in rows]
+    unique = list(dict.fromkeys(q for requests in per_row for q in requests.values()))
+    images = {sha: load(sha) for sha in dict.fromkeys(q.image_sha256 for q in unique)}
+    z = extract_aspect_embeddings(model, processor, [images[q.image_sha256] for q in unique],
+                                  [q.aspect for q in unique], [q.prompt for q in unique], batch_size=batch)
+    at = {q: i for i, q in enumerate(unique)}
+    names = list(per_row[0])
+    return TupleEmbeddings(**{name: z[[at[requests[name]] for requests in per_row]] for name in names})
+
+
+def agiqa_point(model, processor, head, agiqa: list[tuple[Image.Image, dict]], batch: int) -> dict:
+    images = [im for im, _ in agiqa]
+    queries = [(i, a) for i in range(len(images)) for a in ("tec", "aes", "ali")]  # one image's questions adjacent
+    z = extract_aspect_embeddings(model, processor, [images[i] for i, _ in queries], [a for _, a in queries],
+                                  [agiqa[i][1]["prompt"] if a == "ali" else None for i, a in queries], batch_size=batch)
+    z = z.view(len(images), 3, -1)
+    s_vis, s_ali = score_embeddings(head, z[:, 0], z[:, 1], z[:, 2])
+    return {"visual": correlation_report(s_vis, [float(d["mos_quality"]) for _, d in agiqa]),
+            "alignment": correlation_report(s_ali, [float(d["mos_align"]) for _, d in agiqa])}
+
+
+def plot(points: list[dict], loss_curve: list[float], title: str) -> bytes:
+    """One figure: held-out accuracies (SFT labels, QQT tuples) and AGIQA-3K SRCC against SFT steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in points]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # the QQT ranks s_vis of I+ over each visual negative, and s_ali of I+ over the mismatched prompt
+    for colour, (aspect, qqt_key) in zip(("C0", "C1", "C2"), (("tec", "vis_vs_tec"), ("aes", "vis_vs_aes"),
+                                                              ("ali", "ali"))):
+        axes[0].plot(steps, [p["sft_heldout_label_accuracy"].get(aspect, np.nan) for p in points], "o-",
+                     color=colour, label=f"SFT labels {aspect}")
+        axes[0].plot(steps, [p["qqt_heldout_accuracy"].get(qqt_key, np.nan) for p in points], "s--",
+                     color=colour, label=f"QQT tuples {qqt_key}")
+    axes[0].axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    axes[0].set(title="held-out accuracy", xlabel="SFT step", ylim=(0.3, 1.0))
+    axes[0].legend(fontsize=7)
+    for key, label in (("visual", "s_vis vs quality MOS"), ("alignment", "s_ali vs alignment MOS")):
+        if all(key in p.get("agiqa", {}) for p in points) and points and "agiqa" in points[0]:
+            mid = [p["agiqa"][key]["srcc"] for p in points]
+            low = [p["agiqa"][key]["srcc_ci_low"] for p in points]
+            high = [p["agiqa"][key]["srcc_ci_high"] for p in points]
+            axes[1].plot(steps, mid, "o-", label=label)
+            axes[1].fill_between(steps, low, high, alpha=0.2)
+    axes[1].axhline(0.0, color="grey", lw=0.8, ls=":")
+    axes[1].set(title="AGIQA-3K label-free SRCC (95% CI)", xlabel="SFT step")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(np.arange(1, len(loss_curve) + 1), loss_curve, lw=0.4, alpha=0.4, label="per step")
+    if len(loss_curve) >= 100:
+        smooth = np.convolve(loss_curve, np.ones(50) / 50, mode="valid")
+        axes[2].plot(np.arange(50, len(loss_curve) + 1), smooth, label="mean of 50")
+    axes[2].set(title="SFT loss", xlabel="SFT step")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", required=True, help="import folder with manifest.csv (supagruen-sd15 layout)")
+    ap.add_argument("--agiqa", default=None, help="AGIQA-3K folder, scored at each point (never used to choose)")
+    ap.add_argument("--steps", type=int, default=None, help="last SFT step (default: the profile's max_steps)")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--max-positives", type=int, default=0, help="first N manifest rows; 0: all")
+    ap.add_argument("--agiqa-stride", type=int, default=1, help="every Nth AGIQA-3K image (1: all)")
+    ap.add_argument("--qqt-train", type=int, default=2000, help="train tuples the QQT sees at each point; 0: all")
+    ap.add_argument("--sft", action="append", default=[], metavar="KEY=JSON",
+                    help="override one of the profile's SFT settings, e.g. learning_rate=1e-3 (an attempt)")
+    ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.sft)}
+    for key in ("modules_to_save", "aspect_loss_weights", "module_learning_rates"):
+        if key in overrides:  # JSON lists -> the tuples SFTConfig holds
+            overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
+    profile = get_profile("cpu")
+    profile = replace(profile, sft={**profile.sft, **overrides})
+    work = Path(args.work)
+    store = LocalArtifactStore(work / "store")
+    t0 = time.time()
+    tuples = supervision(Path(args.images), store, profile, args.max_positives)
+    train_rows = [r for r in tuples if r["split"] == "train"]
+    held_rows = [r for r in tuples if r["split"] == "heldout"]
+    qqt_rows = train_rows
+    if args.qqt_train and len(train_rows) > args.qqt_train:
+        keep = seeded_subset([r["tuple_id"] for r in train_rows], args.qqt_train, ERA_SEED)
+        qqt_rows = [r for r in train_rows if r["tuple_id"] in keep]
+    print(f"supervision: {len(train_rows)} train / {len(held_rows)} held-out tuples in {time.time() - t0:.0f} s",
+          flush=True)
+
+    load = lambda sha: get_image(store, sha)  # noqa: E731
+    sft_train = pseudo_label_examples(critic_data.sft_tuples(train_rows, load))
+    sft_held = pseudo_label_examples(critic_data.sft_tuples(held_rows, load))
+    agiqa = []
+    if args.agiqa:
+        root = Path(args.agiqa)
+        agiqa = [(Image.open(root / "images" / d["name"]).convert("RGB"), d)
+                 for d in list(csv.DictReader(open(root / "data.csv", encoding="utf-8")))[::args.agiqa_stride]]
+    base = tiny.resolve(profile.backbone, work / "models")
+    last = args.steps or profile.sft["max_steps"]
+    stages = list(range(args.eval_every, last, args.eval_every)) + [last]
+    own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
+    points: list[dict] = []
+    for step in stages:
+        t1 = time.time()
+        cfg = profile.sft_config(seed=ERA_SEED, max_steps=step)
+        result = tune_backbone(base, sft_train, sft_held, cfg, work / "sft")  # resumes from the last point
+        sft_s = time.time() - t1
+        model, processor = result.model, result.processor
+        train_emb = embed_tuples(model, processor, qqt_rows, load, own_ali, batch)
+        held_emb = embed_tuples(model, processor, held_rows, load, own_ali, batch)
+        head = train_scoring_head(train_emb, held_emb, profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]),
+                                                                              seed=ERA_SEED))
+        point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
+                 "sft_heldout_label_accuracy": result.heldout_accuracy,
+                 "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1)}
+        if agiqa:
+            point["agiqa"] = agiqa_point(model, processor, head.model, agiqa, batch)
+        point["seconds"] = round(time.time() - t1, 1)
+        points.append(point)
+        line = {k: {a: round(v, 3) for a, v in point[k].items()}
+                for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy")}
+        if agiqa:
+            vis = point["agiqa"]["visual"]
+            line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"
+            line["agiqa_ali_srcc"] = round(point["agiqa"]["alignment"]["srcc"], 3)
+        print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
+        report = {"args": vars(args), "sft_overrides": overrides, "train_tuples": len(train_rows),
+                  "heldout_tuples": len(held_rows), "qqt_train_tuples": len(qqt_rows), "points": points,
+                  "loss_curve": [round(x, 4) for x in result.loss_curve]}
+        if args.out:  # after every point, so a stopped run keeps what it measured
+            write_text(args.out, json.dumps(report, indent=1, default=float))
+        if args.plot:
+            title = f"cpu profile{' + ' + json.dumps(overrides) if overrides else ''}: curves of one run"
+            write_bytes(args.plot, plot(points, result.loss_curve, title))
+    print(f"done in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
