@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,9 +39,9 @@ from eliq_pipeline.core.atomic import write_bytes, write_text
 from eliq_pipeline.core.profiles import get_profile
 from eliq_pipeline.core.storage import LocalArtifactStore
 from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
-from eliq_pipeline.critic.head.ranking import TupleEmbeddings
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import pseudo_label_examples, tune_backbone
 from eliq_pipeline.evaluation.metrics import correlation_report
@@ -72,16 +73,14 @@ def supervision(images: Path, store: LocalArtifactStore, profile, max_positives:
                         families=profile.negative_families, exclude_methods=profile.tuple_exclude_methods)
 
 
-def embed_tuples(model, processor, rows: list[dict], load, own_ali: bool, batch: int) -> TupleEmbeddings:
-    """Every query of the tuples in one pass, so each image object is encoded once."""
-    per_row = [critic_data.tuple_requests(r, own_ali) for r in rows]
-    unique = list(dict.fromkeys(q for requests in per_row for q in requests.values()))
-    images = {sha: load(sha) for sha in dict.fromkeys(q.image_sha256 for q in unique)}
-    z = extract_aspect_embeddings(model, processor, [images[q.image_sha256] for q in unique],
-                                  [q.aspect for q in unique], [q.prompt for q in unique], batch_size=batch)
-    at = {q: i for i, q in enumerate(unique)}
-    names = list(per_row[0])
-    return TupleEmbeddings(**{name: z[[at[requests[name]] for requests in per_row]] for name in names})
+def embed_tuples(model, processor, rows: list[dict], load, own_ali: bool, batch: int, work: Path) -> EmbeddingCache:
+    """Every query of ``rows`` into a fresh embedding cache under ``work`` (as ``aspect_embeddings``
+    does, each image decoded once per shard); ``critic_data.tuple_embeddings`` reads it back."""
+    cache = EmbeddingCache(LocalArtifactStore(work), "point")
+    cache.ensure(critic_data.all_tuple_requests(rows, own_ali), load,
+                 lambda images, aspects, prompts: extract_aspect_embeddings(model, processor, images, aspects, prompts,
+                                                                            batch_size=batch))
+    return cache
 
 
 def agiqa_point(model, processor, head, agiqa: list[tuple[Image.Image, dict]], batch: int) -> dict:
@@ -195,8 +194,10 @@ def main() -> None:
         result = tune_backbone(base, sft_train, sft_held, cfg, work / "sft")  # resumes from the last point
         sft_s = time.time() - t1
         model, processor = result.model, result.processor
-        train_emb = embed_tuples(model, processor, qqt_rows, load, own_ali, batch)
-        held_emb = embed_tuples(model, processor, held_rows, load, own_ali, batch)
+        with tempfile.TemporaryDirectory(dir=work) as point_dir:  # this checkpoint's embeddings only
+            cache = embed_tuples(model, processor, qqt_rows + held_rows, load, own_ali, batch, Path(point_dir))
+            train_emb = critic_data.tuple_embeddings(cache, qqt_rows, own_ali)
+            held_emb = critic_data.tuple_embeddings(cache, held_rows, own_ali)
         head = train_scoring_head(train_emb, held_emb, profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]),
                                                                               seed=ERA_SEED))
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),

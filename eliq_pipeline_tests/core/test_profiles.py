@@ -30,3 +30,4 @@ def test_sft_config_keywords_override_the_profile_settings() -> None:
     assert CPU.sft["max_steps"] == 2500
     assert CPU.sft_config(max_steps=20, seed=3).max_steps == 20
     assert CPU.sft_config(seed=3).max_steps == 2500 and CPU.sft_config(seed=3).seed == 3
+    assert replace(CPU, scorer={"seed": 1}).scorer_config(seed=5).seed == 5  # the same order for the scorer
