@@ -44,6 +44,8 @@ from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import pseudo_label_examples, tune_backbone
+from eliq_pipeline.critic.head.ranking import severity_order
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.evaluation.metrics import correlation_report
 from eliq_pipeline.supervision.image_cache import get_image, put_image
 from eliq_pipeline.supervision.negatives import build_negatives
@@ -112,6 +114,10 @@ def plot(points: list[dict], loss_curve: list[float], title: str) -> bytes:
                      color=colour, label=f"SFT labels {aspect}")
         axes[0].plot(steps, [p["qqt_heldout_accuracy"].get(qqt_key, np.nan) for p in points], "s--",
                      color=colour, label=f"QQT tuples {qqt_key}")
+    for colour, aspect in (("C3", "tec"), ("C4", "aes")):  # graded series: mild scored above strong
+        for stage, marker in (("sft", "^-"), ("qqt", "v--")):
+            axes[0].plot(steps, [p.get("heldout_severity_order", {}).get(stage, {}).get(aspect, np.nan) for p in points],
+                         marker, color=colour, label=f"{stage.upper()} severity order {aspect}")
     axes[0].axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
     axes[0].set(title="held-out accuracy", xlabel="SFT step", ylim=(0.3, 1.0))
     axes[0].legend(fontsize=7)
@@ -150,6 +156,8 @@ def main() -> None:
     ap.add_argument("--qqt-train", type=int, default=2000, help="train tuples the QQT sees at each point; 0: all")
     ap.add_argument("--sft", action="append", default=[], metavar="KEY=JSON",
                     help="override one of the profile's SFT settings, e.g. learning_rate=1e-3 (an attempt)")
+    ap.add_argument("--scorer", action="append", default=[], metavar="KEY=JSON",
+                    help="override one of the profile's scorer (QQT) settings, e.g. severity_ranking_weight=1.0")
     ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
@@ -161,7 +169,8 @@ def main() -> None:
         if key in overrides:  # JSON lists -> the tuples SFTConfig holds
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     profile = get_profile("cpu")
-    profile = replace(profile, sft={**profile.sft, **overrides})
+    scorer_overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.scorer)}
+    profile = replace(profile, sft={**profile.sft, **overrides}, scorer={**profile.scorer, **scorer_overrides})
     work = Path(args.work)
     store = LocalArtifactStore(work / "store")
     t0 = time.time()
@@ -199,28 +208,34 @@ def main() -> None:
             train_emb = critic_data.tuple_embeddings(cache, qqt_rows, own_ali)
             held_emb = critic_data.tuple_embeddings(cache, held_rows, own_ali)
         head = train_scoring_head(train_emb, held_emb, profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]),
-                                                                              seed=ERA_SEED))
+                                                                              seed=ERA_SEED),
+                                  severity_pairs={a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS})
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
                  "sft_heldout_label_accuracy": result.heldout_accuracy,
-                 "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1)}
+                 "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1),
+                 "heldout_severity_order": {"sft": result.heldout_severity_order,
+                                            "qqt": severity_order(head.model, held_emb, held_rows)}}
         if agiqa:
             point["agiqa"] = agiqa_point(model, processor, head.model, agiqa, batch)
         point["seconds"] = round(time.time() - t1, 1)
         points.append(point)
         line = {k: {a: round(v, 3) for a, v in point[k].items()}
                 for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy")}
+        line["severity_order"] = {k: {a: round(v, 3) for a, v in d.items()}
+                                  for k, d in point["heldout_severity_order"].items()}
         if agiqa:
             vis = point["agiqa"]["visual"]
             line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"
             line["agiqa_ali_srcc"] = round(point["agiqa"]["alignment"]["srcc"], 3)
         print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
-        report = {"args": vars(args), "sft_overrides": overrides, "train_tuples": len(train_rows),
+        report = {"args": vars(args), "sft_overrides": overrides, "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
                   "heldout_tuples": len(held_rows), "qqt_train_tuples": len(qqt_rows), "points": points,
                   "loss_curve": [round(x, 4) for x in result.loss_curve]}
         if args.out:  # after every point, so a stopped run keeps what it measured
             write_text(args.out, json.dumps(report, indent=1, default=float))
         if args.plot:
-            title = f"cpu profile{' + ' + json.dumps(overrides) if overrides else ''}: curves of one run"
+            changed = {**overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()}}
+            title = f"cpu profile{' + ' + json.dumps(changed) if changed else ''}: curves of one run"
             write_bytes(args.plot, plot(points, result.loss_curve, title))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
 

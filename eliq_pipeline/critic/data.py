@@ -48,10 +48,13 @@ def tuple_embeddings(cache: EmbeddingCache, rows: Sequence[dict[str, Any]],
 
 
 def sft_tuples(rows: Sequence[dict[str, Any]], load_image: Callable[[str], Image.Image]) -> list[dict[str, Any]]:
-    """Tuples with decoded images, in the form `pseudo_label_examples` takes."""
+    """Tuples with decoded images, in the form `pseudo_label_examples` takes, with each visual
+    negative's method and severity and the positive as their series (the severity-ranking term)."""
     return [
         {"positive": load_image(r["positive_sha256"]), "tec_negative": load_image(r["tec_sha256"]),
          "aes_negative": load_image(r["aes_sha256"]), "prompt": r["prompt"], "mismatched_prompt": r["mismatched_prompt"],
-         "ali_negative": load_image(r["ali_sha256"]) if r.get("ali_sha256") not in (None, r["positive_sha256"]) else None}
+         "ali_negative": load_image(r["ali_sha256"]) if r.get("ali_sha256") not in (None, r["positive_sha256"]) else None,
+         "series": r["positive_sha256"],
+         **{f"{a}_{k}": r.get(f"{a}_{k}") for a in ("tec", "aes") for k in ("method", "severity")}}
         for r in rows
     ]

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from eliq_pipeline.core.atomic import staged_dir
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS, series_order_accuracy
 from eliq_pipeline.critic.shared_prefix import batched_final_states, final_token_states, label_logits
 from eliq_pipeline.critic.backbone import (
     ASPECTS,
@@ -58,6 +59,11 @@ class SFTExample:
     # Examples of one comparison tuple share a group: the sampler keeps a group together so the
     # questions about one image are trained from one shared image-prefix pass. None: alone.
     group: int | None = None
+    # Place in a severity series, (positive, method, level): I+ is (positive, None, 0), a graded
+    # negative (positive, its method, its level). The severity-ranking term orders two tec (or
+    # two aes) examples of one positive when they are I+ and a negative, or the same method at
+    # two levels. None: in no series.
+    rank: tuple[Any, str | None, int] | None = None
 
     def __post_init__(self) -> None:
         if self.aspect not in ASPECTS:
@@ -95,16 +101,34 @@ def pseudo_label_examples(tuples: Iterable[Any]) -> list[SFTExample]:
     for group, row in enumerate(tuples):
         positive = _get(row, "positive")
         prompt = _get(row, "prompt")
+        series = _get_optional(row, "series")  # the positive's identity, when the row says it
+        ranks = {"pos": None if series is None else (series, None, 0)}
+        for aspect in ("tec", "aes"):
+            level = _get_optional(row, f"{aspect}_severity")
+            ranks[aspect] = None if series is None or level is None else (series, _get(row, f"{aspect}_method"), int(level))
         # The questions about I+ come first and together, so a micro-batch cut splits them rarely.
         examples += [
-            SFTExample(positive, "tec", None, "high", group),
-            SFTExample(positive, "aes", None, "high", group),
+            SFTExample(positive, "tec", None, "high", group, ranks["pos"]),
+            SFTExample(positive, "aes", None, "high", group, ranks["pos"]),
             SFTExample(positive, "ali", prompt, "high", group),
             SFTExample(_get_optional(row, "ali_negative") or positive, "ali", _get(row, "mismatched_prompt"), "low", group),
-            SFTExample(_get(row, "tec_negative"), "tec", None, "low", group),
-            SFTExample(_get(row, "aes_negative"), "aes", None, "low", group),
+            SFTExample(_get(row, "tec_negative"), "tec", None, "low", group, ranks["tec"]),
+            SFTExample(_get(row, "aes_negative"), "aes", None, "low", group, ranks["aes"]),
         ]
     return examples
+
+
+def severity_rank_pairs(examples: Sequence[SFTExample]) -> list[tuple[int, int]]:
+    """(i, j): example i should answer "high" more confidently than example j -- the same aspect
+    question about one positive's series, i less degraded (I+ before any of its negatives, a mild
+    level before a strong one of the same method). Equal ranks (I+ asked twice) form no pair."""
+    pairs = []
+    for i, a in enumerate(examples):
+        for j, b in enumerate(examples):
+            if (a.rank is not None and b.rank is not None and a.aspect == b.aspect and a.rank[0] == b.rank[0]
+                    and a.rank[2] < b.rank[2] and (a.rank[1] is None or a.rank[1] == b.rank[1])):
+                pairs.append((i, j))
+    return pairs
 
 
 @dataclass
@@ -147,6 +171,12 @@ class SFTConfig:
     # labels carry no learnable signal at toy scale, and any weight on them stalls the visual
     # aspects (measured: held-out tec accuracy 0.5 at weight 1, 0.77-0.89 at weight 0).
     aspect_loss_weights: tuple[tuple[str, float], ...] = (("tec", 1.0), ("aes", 1.0), ("ali", 1.0))
+    # Weight of the severity-ranking term (0: none): a logistic loss on the high-minus-low label
+    # logit of every severity pair in a micro-batch (``severity_rank_pairs``: I+ over its graded
+    # negatives, mild over strong), added to the label NLL. Binary labels call a mild and a strong
+    # negative both "low"; this term asks for the order between them. With it, the sampler keeps
+    # all tuples of one positive in one micro-batch (their examples' ``rank`` series).
+    severity_ranking_weight: float = 0.0
     # Questions about the same image in a micro-batch share one vision encode and prefix pass
     # (critic/shared_prefix.py); False runs one row per question. Same loss up to float noise.
     share_image_prefix: bool = True
@@ -197,6 +227,8 @@ class SFTConfig:
             data["module_learning_rates"] = [[name, float(lr)] for name, lr in self.module_learning_rates]
         else:
             data.pop("module_learning_rates")
+        if not self.severity_ranking_weight:  # likewise
+            data.pop("severity_ranking_weight")
         return data
 
 
@@ -207,6 +239,8 @@ class SFTResult:
     loss_curve: list[float]
     heldout_accuracy: dict[str, float]
     heldout_counts: dict[str, int]
+    # graded negatives: mild answered "high" more confidently than strong (``severity_order``)
+    heldout_severity_order: dict[str, float]
     steps: int
     resumed_from_step: int
     trainable_params: int
@@ -312,11 +346,16 @@ def _load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, d
 # --------------------------------------------------------------------------------------------
 
 
-def example_groups(examples: Sequence[SFTExample]) -> list[list[int]]:
-    """Indices of examples that the sampler keeps together (same ``group``), in first-seen order."""
+def example_groups(examples: Sequence[SFTExample], by_series: bool = False) -> list[list[int]]:
+    """Indices of examples that the sampler keeps together (same ``group``), in first-seen order.
+    With ``by_series``, the groups (tuples) of one positive's severity series are kept together."""
+    series = {e.group: e.rank[0] for e in examples if by_series and e.rank is not None and e.group is not None}
     groups: dict[Any, list[int]] = {}
     for index, example in enumerate(examples):
-        key = ("alone", index) if example.group is None else example.group
+        if example.group in series:
+            key: Any = ("series", series[example.group])
+        else:
+            key = ("alone", index) if example.group is None else ("group", example.group)
         groups.setdefault(key, []).append(index)
     return list(groups.values())
 
@@ -408,12 +447,15 @@ def label_probabilities(
 
 
 def heldout_accuracy(
-    model: Any, processor: Any, examples: Sequence[SFTExample], batch_size: int = 8, device: str = "cpu"
+    model: Any, processor: Any, examples: Sequence[SFTExample], batch_size: int = 8, device: str = "cpu",
+    p_high: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Per-aspect accuracy of argmax over the {low, high} logits; aspects without examples omitted."""
+    """Per-aspect accuracy of argmax over the {low, high} logits; aspects without examples omitted.
+    ``p_high``: the examples' P(high), when already computed."""
     if not examples:
         return {}, {}
-    p_high = label_probabilities(model, processor, examples, batch_size, device)
+    if p_high is None:
+        p_high = label_probabilities(model, processor, examples, batch_size, device)
     correct: dict[str, int] = {}
     counts: dict[str, int] = {}
     for example, prob in zip(examples, p_high.tolist()):
@@ -422,6 +464,18 @@ def heldout_accuracy(
         correct[example.aspect] = correct.get(example.aspect, 0) + int(predicted == example.label)
     accuracy = {aspect: correct[aspect] / counts[aspect] for aspect in ASPECTS if aspect in counts}
     return accuracy, {aspect: counts[aspect] for aspect in ASPECTS if aspect in counts}
+
+
+def severity_order(examples: Sequence[SFTExample], p_high: Sequence[float]) -> dict[str, float]:
+    """Per visual aspect, how often a milder graded negative gets a higher P(high) than a stronger one
+    of the same method on the same positive (``critic.severity``); aspects without such pairs omitted."""
+    order = {}
+    for aspect in VISUAL_ASPECTS:
+        value = series_order_accuracy(((e.rank[0], e.rank[1]), e.rank[2], float(p)) for e, p in zip(examples, p_high)
+                                      if e.aspect == aspect and e.rank is not None and e.rank[2] > 0)
+        if value is not None:
+            order[aspect] = value
+    return order
 
 
 def _resume(
@@ -448,9 +502,10 @@ def _resume(
 
 def _label_loss(
     model: Any, processor: Any, batch: Sequence[SFTExample], weights: Sequence[float], device: str,
-    share_image_prefix: bool = True,
+    share_image_prefix: bool = True, severity_weight: float = 0.0,
 ) -> torch.Tensor:
-    """NLL of each example's label token given its question, weighted per example by its aspect.
+    """NLL of each example's label token given its question, weighted per example by its aspect,
+    plus ``severity_weight`` times the severity-ranking loss of the batch's severity pairs.
 
     With ``share_image_prefix`` the questions about one image run from one prefix pass and the
     gradient of all of them flows through it; the loss equals the one-row-per-question loss."""
@@ -459,7 +514,14 @@ def _label_loss(
     target = torch.tensor([ids[e.label] for e in batch], device=logits.device)
     nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
     weight = torch.tensor(weights, dtype=nll.dtype, device=nll.device)
-    return (nll * weight).sum() / weight.sum().clamp_min(1e-8)
+    loss = (nll * weight).sum() / weight.sum().clamp_min(1e-8)
+    pairs = severity_rank_pairs(batch) if severity_weight else []
+    if pairs:
+        margin = logits[:, ids["high"]].float() - logits[:, ids["low"]].float()
+        better, worse = (torch.tensor(side, device=logits.device) for side in zip(*pairs))
+        # logistic (RankNet) loss: the less degraded side's high-minus-low margin should be larger
+        loss = loss + severity_weight * torch.nn.functional.softplus(margin[worse] - margin[better]).mean()
+    return loss
 
 
 def _train_steps(
@@ -479,7 +541,7 @@ def _train_steps(
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Optimizer steps ``steps``, appending to ``loss_curve`` and checkpointing as configured."""
-    stream = _SampleStream(example_groups(examples), cfg.seed)
+    stream = _SampleStream(example_groups(examples, by_series=cfg.severity_ranking_weight > 0), cfg.seed)
     weights = dict(cfg.aspect_loss_weights)
     total_steps = steps.stop
     model.train()
@@ -493,7 +555,7 @@ def _train_steps(
             indices = stream.take((step * cfg.grad_accum + micro) * cfg.batch_size, cfg.batch_size)
             batch = [examples[i] for i in indices]
             loss = _label_loss(model, processor, batch, [weights[e.aspect] for e in batch], device,
-                               cfg.share_image_prefix)
+                               cfg.share_image_prefix, cfg.severity_ranking_weight)
             (loss / cfg.grad_accum).backward()
             micro_losses.append(float(loss.detach()))
         if cfg.max_grad_norm:
@@ -606,15 +668,20 @@ def tune_backbone(
         )
     model.eval()
 
-    accuracy, counts = heldout_accuracy(model, processor, examples_heldout, cfg.eval_batch_size, device)
+    p_high = (label_probabilities(model, processor, examples_heldout, cfg.eval_batch_size, device)
+              if examples_heldout else torch.empty(0))
+    accuracy, counts = heldout_accuracy(model, processor, examples_heldout, p_high=p_high)
+    order = severity_order(examples_heldout, p_high.tolist())
     if accuracy:
-        say("held-out accuracy " + ", ".join(f"{a}={v:.3f}" for a, v in accuracy.items()))
+        say("held-out accuracy " + ", ".join(f"{a}={v:.3f}" for a, v in accuracy.items())
+            + "".join(f"; severity order {a}={v:.3f}" for a, v in order.items()))
     return SFTResult(
         model=model,
         processor=processor,
         loss_curve=loss_curve,
         heldout_accuracy=accuracy,
         heldout_counts=counts,
+        heldout_severity_order=order,
         steps=total_steps,
         resumed_from_step=start_step,
         trainable_params=sum(p.numel() for p in trainable),

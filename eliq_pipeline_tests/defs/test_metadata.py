@@ -15,7 +15,7 @@ from PIL import Image
 
 from eliq_pipeline.defs.metadata import accuracy_metadata, numbers, score_numbers, scores_table
 from eliq_pipeline.runner import materialize_eras
-from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
+from eliq_pipeline_tests.pipeline_helpers import FAST_OVERRIDES, pipeline_env, write_eras
 
 ROWS = [
     {"benchmark": "heldout-tuples", "protocol": "label-free", "aspect": "visual", "metric": "ranking_accuracy_vis_vs_tec",
@@ -82,7 +82,11 @@ def _toy_benchmark(folder) -> dict:
 @pytest.fixture(scope="module")
 def era_metadata(tmp_path_factory):
     root = tmp_path_factory.mktemp("metadata")
-    env = pipeline_env(root / "home", write_eras(root / "eras.yaml"),
+    # graded technical negatives with both severity-ranking terms on, so their numbers show too
+    graded = {**FAST_OVERRIDES, "technical_methods": ["gaussian_blur", "jpeg_recompress"], "severity_levels": [1, 2],
+              "negatives_per_aspect": 2, "sft": {**FAST_OVERRIDES["sft"], "severity_ranking_weight": 1.0},
+              "scorer": {**FAST_OVERRIDES["scorer"], "severity_ranking_weight": 1.0}}
+    env = pipeline_env(root / "home", write_eras(root / "eras.yaml"), ELIQ_PROFILE_OVERRIDES=json.dumps(graded),
                        ELIQ_BENCHMARKS=json.dumps(_toy_benchmark(root / "toy-set")))
     with dg.instance_for_test() as instance:
         [run] = materialize_eras(instance=instance, env=env, log=lambda _: None)
@@ -115,6 +119,11 @@ def test_training_numbers_are_floats(era_metadata):
         for meta in (qqt, bench):
             entry = meta[f"heldout_accuracy_{aspect}"]
             assert isinstance(entry, dg.FloatMetadataValue) and 0 <= entry.value <= 1
+    # graded technical negatives: how often mild is ranked above strong (the aes edits are ungraded)
+    for meta in (sft, qqt):
+        entry = meta["heldout_severity_order_tec"]
+        assert isinstance(entry, dg.FloatMetadataValue) and 0 <= entry.value <= 1
+        assert "heldout_severity_order_aes" not in meta
     # the JSON forms stay for tools that read them
     assert isinstance(qqt["heldout_accuracy"], dg.JsonMetadataValue) and "vis_vs_tec" in qqt["heldout_accuracy"].value
     assert qqt["heldout_accuracy_tec"].value == pytest.approx(qqt["heldout_accuracy"].value["vis_vs_tec"], abs=1e-4)

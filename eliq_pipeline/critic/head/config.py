@@ -47,6 +47,9 @@ class ScorerConfig:
     visual_loss: VisualLoss = "pairwise"
     # Which ranking terms train the head (Table 5's tec / aes / ali subsets); all three by default.
     aspects: tuple[str, ...] = ("tec", "aes", "ali")
+    # Weight of a hinge term (margin m) asking s_vis(mild negative) > s_vis(strong negative) for the
+    # severity pairs given to training (critic/severity.py); 0: none (the paper's head).
+    severity_ranking_weight: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -66,6 +69,8 @@ class ScorerConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.margin >= 0.0, f"margin must be >= 0, got {self.margin}")
         need(self.lr > 0.0, f"lr must be > 0, got {self.lr}")
+        need(self.severity_ranking_weight >= 0.0,
+             f"severity_ranking_weight must be >= 0, got {self.severity_ranking_weight}")
         need(
             self.max_steps is None or self.max_steps >= 1,
             f"max_steps must be >= 1 or None, got {self.max_steps}",
@@ -93,6 +98,8 @@ class ScorerConfig:
         """JSON-native values (lists, not tuples), so a dict read back from config.json compares equal."""
         data = asdict(self)
         data["aspects"] = list(self.aspects)
+        if not self.severity_ranking_weight:  # absent at its default: bundles written before it still verify
+            del data["severity_ranking_weight"]
         return data
 
     @classmethod

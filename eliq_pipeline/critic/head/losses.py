@@ -11,7 +11,8 @@ from torch import Tensor
 from eliq_pipeline.critic.head.config import VISUAL_LOSSES, VisualLoss
 
 if TYPE_CHECKING:
-    from eliq_pipeline.critic.head.ranking import TupleScores
+    from eliq_pipeline.critic.head.modules import ELIQScoringHead
+    from eliq_pipeline.critic.head.ranking import TupleEmbeddings, TupleScores
 
 
 def _hinge(margin: float, s_pos: Tensor, s_neg: Tensor) -> Tensor:
@@ -50,3 +51,20 @@ def total_ranking_loss(
     l_ali = (alignment_ranking_loss(scores.pos_ali, scores.neg_ali, margin) if "ali" in aspects
              else scores.pos_ali.sum() * 0.0)
     return l_vis + l_ali, l_vis, l_ali
+
+
+def severity_ranking_loss(model: ELIQScoringHead, tuples: TupleEmbeddings, pairs: dict[str, Tensor],
+                          margin: float) -> Tensor:
+    """Mean over the given (mild, strong) tuple-index pairs of every visual aspect of
+    max(0, m - s_vis(mild negative) + s_vis(strong negative)); zero without pairs."""
+    t = tuples
+    sides = {"tec": (t.tecneg_tec, t.tecneg_aes, t.tecneg_ali_or_pos), "aes": (t.aesneg_tec, t.aesneg_aes, t.aesneg_ali_or_pos)}
+    losses = []
+    for aspect, index in pairs.items():
+        if index.numel() == 0:
+            continue
+        rows = torch.cat([index[:, 0], index[:, 1]])
+        s_vis, _ = model(*(z[rows] for z in sides[aspect]))
+        mild, strong = s_vis[: index.shape[0]], s_vis[index.shape[0]:]
+        losses.append(_hinge(margin, mild, strong))
+    return torch.cat(losses).mean() if losses else t.pos_tec.sum() * 0.0

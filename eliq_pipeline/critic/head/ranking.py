@@ -12,7 +12,8 @@ from torch import Tensor
 
 from eliq_pipeline.critic.head.config import ScorerConfig
 from eliq_pipeline.critic.head.losses import total_ranking_loss
-from eliq_pipeline.critic.head.modules import ELIQScoringHead
+from eliq_pipeline.critic.head.modules import ELIQScoringHead, score_embeddings
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_order_accuracy
 
 
 _REQUIRED_TUPLE_FIELDS = (
@@ -165,3 +166,18 @@ def ranking_accuracies(model: ELIQScoringHead, tuples: TupleEmbeddings) -> dict[
     """Fraction of tuples where the positive scores strictly higher: vis_vs_tec
     (s_vis(I+) > s_vis(I-_tec)), vis_vs_aes, ali (s_ali(I+, p) > s_ali(I+, p-_ali)), and mean."""
     return evaluate_ranking(model, tuples, model.config)[0]
+
+
+def negative_visual_scores(model: ELIQScoringHead, tuples: TupleEmbeddings, aspect: str) -> np.ndarray:
+    """Eval-mode s_vis of every tuple's ``aspect`` negative (``tec`` or ``aes``), row-aligned."""
+    if aspect not in VISUAL_ASPECTS:
+        raise ValueError(f"visual negatives are {VISUAL_ASPECTS}, not {aspect!r}")
+    t = tuples
+    z = {"tec": (t.tecneg_tec, t.tecneg_aes, t.tecneg_ali_or_pos), "aes": (t.aesneg_tec, t.aesneg_aes, t.aesneg_ali_or_pos)}
+    return score_embeddings(model, *z[aspect])[0]
+
+
+def severity_order(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict]) -> dict[str, float]:
+    """How often the head scores a milder negative above a stronger one of the same method on the same
+    positive (``critic.severity``), per visual aspect with graded pairs among ``rows`` (row i = tuple i)."""
+    return severity_order_accuracy(rows, {a: negative_visual_scores(model, tuples, a).tolist() for a in VISUAL_ASPECTS})

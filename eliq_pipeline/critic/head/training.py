@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from eliq_pipeline.critic.head.config import ScorerConfig
-from eliq_pipeline.critic.head.losses import total_ranking_loss
+from eliq_pipeline.critic.head.losses import severity_ranking_loss, total_ranking_loss
 from eliq_pipeline.critic.head.modules import ELIQScoringHead
 from eliq_pipeline.critic.head.ranking import TupleEmbeddings, evaluate_ranking, score_tuples
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS
 
 _LOSS_TIE_DELTA = 1e-4
 
@@ -51,6 +52,7 @@ def _train_epoch(
     cfg: ScorerConfig,
     order_rng: torch.Generator,
     result: TrainResult,
+    severity_pairs: dict[str, Tensor],
 ) -> tuple[int, dict[str, float]]:
     """One pass over the shuffled training tuples (stopping at `max_steps`); returns the number
     of tuples seen and the summed total / visual / alignment losses."""
@@ -65,6 +67,12 @@ def _train_epoch(
         total, l_vis, l_ali = total_ranking_loss(
             score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
         )
+        if severity_pairs:
+            # the pairs whose milder side is in this batch: each pair once per epoch
+            in_batch = torch.zeros(n, dtype=torch.bool)
+            in_batch[index] = True
+            batch_pairs = {a: p[in_batch[p[:, 0]]] for a, p in severity_pairs.items()}
+            total = total + cfg.severity_ranking_weight * severity_ranking_loss(model, train, batch_pairs, cfg.margin)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip is not None:
@@ -76,6 +84,25 @@ def _train_epoch(
         for key, value in (("total", total), ("vis", l_vis), ("ali", l_ali)):
             sums[key] += float(value.detach()) * k
     return seen, sums
+
+
+def _severity_pair_tensors(train: TupleEmbeddings, cfg: ScorerConfig,
+                           severity_pairs: Mapping[str, Sequence[tuple[int, int]]] | None) -> dict[str, Tensor]:
+    """The pairs as [P, 2] index tensors, checked; empty when the term is off."""
+    if not cfg.severity_ranking_weight:
+        return {}
+    if severity_pairs is None:
+        raise ValueError("severity_ranking_weight > 0 needs severity_pairs (critic.severity.severity_pairs of the "
+                         "train rows)")
+    tensors = {}
+    for aspect, pairs in severity_pairs.items():
+        if aspect not in VISUAL_ASPECTS:
+            raise ValueError(f"severity pairs are of visual negatives {VISUAL_ASPECTS}, not {aspect!r}")
+        index = torch.as_tensor(list(pairs), dtype=torch.long).reshape(-1, 2)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(train)):
+            raise ValueError(f"{aspect} severity pairs index outside the {len(train)} train tuples")
+        tensors[aspect] = index
+    return tensors
 
 
 def _improved(best_key: tuple[float, float] | None, acc: dict[str, float], heldout_loss: float) -> bool:
@@ -93,8 +120,13 @@ def train_scoring_head(
     heldout: TupleEmbeddings,
     cfg: ScorerConfig,
     log: Callable[[str], None] | None = None,
+    severity_pairs: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> TrainResult:
     """Train fusion + QQT with L_vis + L_ali (eq. 20) using AdamW.
+
+    With ``cfg.severity_ranking_weight`` > 0, ``severity_pairs`` (per visual aspect, (mild, strong)
+    indices into ``train``: ``critic.severity.severity_pairs``) add a hinge term ranking the milder
+    negative's s_vis above the stronger one's.
 
     After every epoch the held-out tuples are scored; the kept model is the epoch with the best
     mean held-out ranking accuracy (ties broken by a held-out loss lower by more than 1e-4), and
@@ -104,6 +136,7 @@ def train_scoring_head(
     """
     _check_splits(train, heldout, cfg)
     emit = log or (lambda _msg: None)
+    pairs = _severity_pair_tensors(train, cfg, severity_pairs)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # init + dropout masks
@@ -117,7 +150,7 @@ def train_scoring_head(
         epochs_since_best = 0
 
         for epoch in range(1, cfg.epochs + 1):
-            seen, sums = _train_epoch(model, optimizer, train, cfg, order_rng, result)
+            seen, sums = _train_epoch(model, optimizer, train, cfg, order_rng, result, pairs)
             if seen == 0:  # max_steps was reached exactly at the previous epoch's end
                 break
 

@@ -14,7 +14,9 @@ from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import AspectEmbedder
 from eliq_pipeline.critic.head.checkpoints import save_scoring_head
+from eliq_pipeline.critic.head.ranking import severity_order
 from eliq_pipeline.critic.head.training import train_scoring_head
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.critic.instruction_tuning import (
     adapter_fingerprint, pseudo_label_examples, save_tuned_backbone, tune_backbone,
 )
@@ -64,8 +66,9 @@ def tuned_mllm(
 ) -> dg.Output[Path]:
     """Quality-aware instruction tuning (3.3.1): LoRA on low/high labels per aspect.
 
-    Metadata: `final_loss` and `heldout_label_accuracy_tec|aes|ali` (low/high answered right on
-    held-out tuples) as numbers, the loss curve as a plot (and as JSON)."""
+    Metadata: `final_loss`, `heldout_label_accuracy_tec|aes|ali` (low/high answered right on
+    held-out tuples) and `heldout_severity_order_tec|aes` (graded eras: a mild negative answered
+    "high" more confidently than a strong one) as numbers, the loss curve as a plot (and as JSON)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     rows = comparison_tuples.to_pylist()
@@ -91,6 +94,7 @@ def tuned_mllm(
         trainable_parameters=result.trainable_params,
         **numbers(final_loss=result.loss_curve[-1] if result.loss_curve else None),
         **accuracy_metadata(result.heldout_accuracy, "heldout_label_accuracy"),
+        **numbers(**{f"heldout_severity_order_{a}": v for a, v in result.heldout_severity_order.items()}),
         loss_plot=image_metadata(loss_plot(era.name, result.loss_curve), "instruction-tuning loss per step"),
         heldout_label_accuracy=dg.MetadataValue.json(result.heldout_accuracy),
         loss_curve=dg.MetadataValue.json([round(x, 4) for x in result.loss_curve]),
@@ -150,7 +154,8 @@ def qqt_model(
 ) -> dg.Output[Path]:
     """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5).
 
-    Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch) and
+    Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch),
+    `heldout_severity_order_tec|aes` (graded eras: mild negatives scored above strong ones) and
     `final_loss` as numbers; plots of the losses and held-out accuracies per epoch (dotted line:
     the kept epoch; dashed: chance)."""
     era = current_era(context, eras)
@@ -159,19 +164,23 @@ def qqt_model(
     cache = EmbeddingCache(store, namespace)
     rows = comparison_tuples.to_pylist()
     own_ali = settings.embed_negative_alignment
-    train = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "train"], own_ali)
-    heldout = critic_data.tuple_embeddings(cache, [r for r in rows if r["split"] == "heldout"], own_ali)
+    train_rows, heldout_rows = ([r for r in rows if r["split"] == split] for split in ("train", "heldout"))
+    train = critic_data.tuple_embeddings(cache, train_rows, own_ali)
+    heldout = critic_data.tuple_embeddings(cache, heldout_rows, own_ali)
     config = settings.scorer_config(hidden_size=int(train.pos_tec.shape[1]), seed=era.seed)
-    result = train_scoring_head(train, heldout, config, log=context.log.info)
+    result = train_scoring_head(train, heldout, config, log=context.log.info,
+                                severity_pairs={a: severity_pairs(train_rows, a) for a in VISUAL_ASPECTS})
+    # graded negatives: does the head order mild above strong? (empty when the era has no series)
+    order = severity_order(result.model, heldout, heldout_rows)
     with staged_dir(model_output_dir(profile, era.name, "qqt_model")) as out:
         save_scoring_head(result.model, config, out)
         (out / "embedding_namespace.json").write_text(json.dumps({"namespace": namespace}))
         (out / "training_report.json").write_text(json.dumps(
             {"heldout_accuracy": result.heldout_accuracies, "best_epoch": result.best_epoch, "history": result.history}))
     return era_output(model_output_dir(profile, era.name, "qqt_model"), era_metadata(
-        era, eras, profile, train_tuples=len([r for r in rows if r["split"] == "train"]),
-        heldout_tuples=len([r for r in rows if r["split"] == "heldout"]),
+        era, eras, profile, train_tuples=len(train_rows), heldout_tuples=len(heldout_rows),
         **accuracy_metadata(result.heldout_accuracies),
+        **numbers(**{f"heldout_severity_order_{aspect}": value for aspect, value in order.items()}),
         **numbers(final_loss=result.loss_history[-1] if result.loss_history else None),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,
         **{key: image_metadata(png, key.replace("_", " ")) for key, png in
