@@ -199,6 +199,51 @@ def downscale_upscale(
     return small.resize((w, h), Image.BILINEAR), _with_level({"factor": float(factor)}, level)
 
 
+# displacement std and field smoothness as fractions of the short side (at 256 px: level 1 moves
+# pixels by 1-2 px, level 2 by 3-6 px, both over 8-15 px wide wobbles)
+_WARP_LEVELS = {None: (0.008, 0.024), 1: (0.004, 0.008), 2: (0.012, 0.024)}
+_WARP_SMOOTHNESS = (0.03, 0.06)
+
+
+@DEGRADATIONS.register("elastic_warp", aspect="tec", family="conventional")
+def elastic_warp(
+    image: Image.Image,
+    rng: np.random.Generator,
+    *,
+    amplitude_fraction: float | None = None,
+    smoothness_fraction: float | None = None,
+    seed: int | None = None,
+    level: int | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """Resample along a smooth random displacement field: wobbly lines, bent edges and smeared
+    texture at the scale of a few pixels, the local geometric incoherence of weak generators
+    (GAN-era renders) that blur and compression do not produce. Displacement std is
+    `amplitude_fraction` of the short side, the field's Gaussian smoothing `smoothness_fraction`."""
+    if amplitude_fraction is None:
+        amplitude_fraction = float(rng.uniform(*_level_range("elastic_warp", _WARP_LEVELS, level)))
+    if smoothness_fraction is None:
+        smoothness_fraction = float(rng.uniform(*_WARP_SMOOTHNESS))
+    if seed is None:
+        seed = _sub_seed(rng)
+    if amplitude_fraction <= 0 or smoothness_fraction <= 0:
+        raise ValueError(f"amplitude_fraction and smoothness_fraction must be > 0, got "
+                         f"{amplitude_fraction}, {smoothness_fraction}")
+    w, h = image.size
+    short = min(w, h)
+    field = np.random.default_rng(seed).normal(size=(2, h, w))
+    field = np.stack([ndimage.gaussian_filter(f, sigma=max(smoothness_fraction * short, 1.0), mode="reflect")
+                      for f in field])
+    field *= amplitude_fraction * short / max(float(field.std()), 1e-12)  # displacement std in pixels
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    coords = [rows + field[0], cols + field[1]]
+    array = _to_float(image)
+    warped = np.stack([ndimage.map_coordinates(array[..., c], coords, order=3, mode="reflect") for c in range(3)],
+                      axis=-1)
+    used = {"amplitude_fraction": float(amplitude_fraction), "smoothness_fraction": float(smoothness_fraction),
+            "seed": int(seed)}
+    return _from_float(warped), _with_level(used, level)
+
+
 # ------------------------------------------------------------------------------------------
 # aesthetic, conventional: an offline, deterministic stand-in for the paper's image editor
 # ------------------------------------------------------------------------------------------
@@ -439,6 +484,16 @@ def mean_chroma(image: Image.Image) -> np.ndarray:
     """Mean opponent colour (rg, yb) on the 0-255 scale: (0, 0) is neutral grey on average."""
     rgb = np.asarray(to_rgb(image), dtype=np.float64)
     return np.array([(rgb[..., 0] - rgb[..., 1]).mean(), (0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]).mean()])
+
+
+def structure_change(image: Image.Image, reference: Image.Image) -> float:
+    """1 - correlation of the two grey images' Laplacians (0: the same fine structure in the same
+    places). A pair measurable: a warp moves edges without changing their statistics, which one
+    image alone cannot show."""
+    a, b = (ndimage.laplace(_grey(x), mode="reflect").ravel() for x in (image, reference))
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a @ a) * (b @ b)))
+    return 0.0 if denominator == 0 else float(1.0 - (a @ b) / denominator)
 
 
 def colour_shift(image: Image.Image, reference: Image.Image) -> float:

@@ -23,6 +23,7 @@ from eliq_pipeline.supervision.degradations import (
     noise_level,
     offline_aesthetic_edit,
     sharpness,
+    structure_change,
 )
 
 
@@ -53,7 +54,7 @@ def test_registry_entries_have_aspect_and_family() -> None:
         meta = DEGRADATIONS.meta(name)
         assert meta["aspect"] in ASPECTS and meta["family"] in FAMILIES
     assert degradations_for("tec", "conventional") == [
-        "downscale_upscale", "gaussian_blur", "gaussian_noise", "jpeg_recompress"]
+        "downscale_upscale", "elastic_warp", "gaussian_blur", "gaussian_noise", "jpeg_recompress"]
     assert degradations_for("aes") == [
         "colour_cast", "contrast_crush", "desaturate", "exposure_shift", "offline_aesthetic_edit"]
 
@@ -166,7 +167,8 @@ GRADED = {
     "gaussian_noise": (noise_level, +1),
     "gaussian_blur": (sharpness, -1),
     "downscale_upscale": (sharpness, -1),
-    "colour_cast": (None, +1),  # a pair measurable: colour_shift(out, image)
+    "colour_cast": (colour_shift, +1),  # pair measurables: m(out, image)
+    "elastic_warp": (structure_change, +1),
     "desaturate": (colourfulness, -1),
     "contrast_crush": (contrast, -1),
     "exposure_shift": (brightness, 0),
@@ -177,8 +179,8 @@ GRADED = {
 def test_graded_levels_are_ordered_by_their_measurable(name: str) -> None:
     measure, sign = GRADED[name]
     image = IMAGES["detailed"]
-    if measure is None:
-        measure, base = (lambda out: colour_shift(out, image)), 0.0
+    if measure in (colour_shift, structure_change):
+        measure, base = (lambda out, pair=measure: pair(out, image)), 0.0
     else:
         base = measure(image)
     for seed in range(3):
@@ -208,3 +210,14 @@ def test_ungraded_calls_draw_as_before() -> None:
 def test_unknown_level_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="level"):
         apply_degradation(name, IMAGES["smooth"], np.random.default_rng(0), level=3)
+
+
+def test_elastic_warp_moves_structure_not_tone() -> None:
+    image = IMAGES["detailed"]
+    assert structure_change(image, image) == 0.0
+    out, params = apply_degradation("elastic_warp", image, np.random.default_rng(0), level=2)
+    # a resampling along a displacement field: edges move, the histogram of tones barely does
+    assert structure_change(out, image) > 0.2
+    assert abs(brightness(out) - brightness(image)) < 0.01 and abs(contrast(out) - contrast(image)) < 0.02
+    # the displacement std in pixels is the recorded fraction of the short side
+    assert 0.012 <= params["amplitude_fraction"] <= 0.024 and isinstance(params["seed"], int)

@@ -52,6 +52,7 @@ INTENDED_DIRECTION = {
     "jpeg_recompress": ("blockiness", +1),
     "gaussian_blur": ("sharpness", -1),
     "downscale_upscale": ("sharpness", -1),
+    "elastic_warp": ("structure_change", +1),  # pair measurable: structure_change(negative, positive)
     "colour_cast": ("colour_shift", +1),  # pair measurable: colour_shift(negative, positive)
     "desaturate": ("colourfulness", -1),
     "contrast_crush": ("contrast", -1),
@@ -59,7 +60,7 @@ INTENDED_DIRECTION = {
     "degraded_prompt": ("sharpness", -1),
     "premature_decode": ("noise_level", +1),
 }
-PAIR_MEASURABLES = ("colour_shift",)  # measured on (negative, positive) together
+PAIR_MEASURABLES = ("colour_shift", "structure_change")  # measured on (negative, positive) together
 CONVENTIONAL_CHECKED = tuple(m for m in INTENDED_DIRECTION if m not in ("degraded_prompt", "premature_decode"))
 
 
