@@ -43,7 +43,7 @@ from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.training import train_scoring_head
-from eliq_pipeline.critic.instruction_tuning import pseudo_label_examples, tune_backbone
+from eliq_pipeline.critic.instruction_tuning import SFTExample, label_probabilities, pseudo_label_examples, tune_backbone
 from eliq_pipeline.critic.head.ranking import severity_order
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.evaluation.metrics import correlation_report
@@ -83,6 +83,16 @@ def embed_tuples(model, processor, rows: list[dict], load, own_ali: bool, batch:
                  lambda images, aspects, prompts: extract_aspect_embeddings(model, processor, images, aspects, prompts,
                                                                             batch_size=batch))
     return cache
+
+
+def tec_accuracy_by_method(model, processor, rows: list[dict], load, batch: int) -> dict[str, float]:
+    """Held-out technical negatives answered "low" (P(high) < 0.5), per method and level."""
+    examples = [SFTExample(load(r["tec_sha256"]), "tec", None, "low") for r in rows]
+    p_high = label_probabilities(model, processor, examples, batch).tolist()
+    right: dict[str, list[bool]] = {}
+    for row, p in zip(rows, p_high):
+        right.setdefault(f"{row['tec_method']}@{row['tec_severity']}", []).append(p < 0.5)
+    return {key: round(sum(v) / len(v), 3) for key, v in sorted(right.items())}
 
 
 def agiqa_point(model, processor, head, agiqa: list[tuple[Image.Image, dict]], batch: int) -> dict:
@@ -158,6 +168,8 @@ def main() -> None:
                     help="override one of the profile's SFT settings, e.g. learning_rate=1e-3 (an attempt)")
     ap.add_argument("--scorer", action="append", default=[], metavar="KEY=JSON",
                     help="override one of the profile's scorer (QQT) settings, e.g. severity_ranking_weight=1.0")
+    ap.add_argument("--profile", action="append", default=[], metavar="KEY=JSON",
+                    help="override a profile setting, e.g. technical_methods='[\"gaussian_blur\", \"elastic_warp\"]'")
     ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
@@ -170,7 +182,9 @@ def main() -> None:
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     profile = get_profile("cpu")
     scorer_overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.scorer)}
-    profile = replace(profile, sft={**profile.sft, **overrides}, scorer={**profile.scorer, **scorer_overrides})
+    profile_overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.profile)}
+    profile = replace(profile, sft={**profile.sft, **overrides}, scorer={**profile.scorer, **scorer_overrides},
+                      **{k: tuple(v) if isinstance(v, list) else v for k, v in profile_overrides.items()})
     work = Path(args.work)
     store = LocalArtifactStore(work / "store")
     t0 = time.time()
@@ -213,6 +227,7 @@ def main() -> None:
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
                  "sft_heldout_label_accuracy": result.heldout_accuracy,
                  "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1),
+                 "sft_heldout_tec_accuracy_by_method": tec_accuracy_by_method(model, processor, held_rows, load, batch),
                  "heldout_severity_order": {"sft": result.heldout_severity_order,
                                             "qqt": severity_order(head.model, held_emb, held_rows)}}
         if agiqa:
@@ -228,13 +243,14 @@ def main() -> None:
             line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"
             line["agiqa_ali_srcc"] = round(point["agiqa"]["alignment"]["srcc"], 3)
         print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
-        report = {"args": vars(args), "sft_overrides": overrides, "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
+        report = {"args": vars(args), "profile_overrides": profile_overrides, "sft_overrides": overrides,
+                  "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
                   "heldout_tuples": len(held_rows), "qqt_train_tuples": len(qqt_rows), "points": points,
                   "loss_curve": [round(x, 4) for x in result.loss_curve]}
         if args.out:  # after every point, so a stopped run keeps what it measured
             write_text(args.out, json.dumps(report, indent=1, default=float))
         if args.plot:
-            changed = {**overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()}}
+            changed = {**profile_overrides, **overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()}}
             title = f"cpu profile{' + ' + json.dumps(changed) if changed else ''}: curves of one run"
             write_bytes(args.plot, plot(points, result.loss_curve, title))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
