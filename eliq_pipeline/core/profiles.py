@@ -146,7 +146,8 @@ CPU = Profile(
     # from-scratch critic then learns neither (held-out tec accuracy 0.50 after 200 steps vs 0.70).
     # elastic_warp (registered) as a fourth method stalls learning the same way (attempt J).
     # No severity-ranking term (SFTConfig / ScorerConfig severity_ranking_weight): attempts H and I
-    # raised the held-out severity order by at most 0.04 and the SFT term cost 0.08 of tec accuracy.
+    # raised the held-out severity order by at most 0.04, the SFT term cost 0.08 of tec accuracy,
+    # and at weight 0.25 (attempt K) the SFT collapsed to one answer.
     technical_methods=("gaussian_blur", "downscale_upscale", "jpeg_recompress"),
     aesthetic_methods=("colour_cast", "desaturate", "contrast_crush", "exposure_shift"),
     severity_levels=(1, 2),
