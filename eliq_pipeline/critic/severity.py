@@ -14,18 +14,12 @@ from typing import Any
 VISUAL_ASPECTS = ("tec", "aes")
 
 
-def severity_pairs(rows: Sequence[Mapping[str, Any]], aspect: str) -> list[tuple[int, int]]:
-    """(i, j) row indices where row i's ``aspect`` negative is the same method on the same positive
-    as row j's, at a milder severity. Ungraded negatives (severity None) form no pair."""
-    if aspect not in VISUAL_ASPECTS:
-        raise ValueError(f"severity pairs exist for {VISUAL_ASPECTS}, not {aspect!r}")
-    series: dict[tuple[str, str], dict[int, int]] = {}
-    for index, row in enumerate(rows):
-        level = row.get(f"{aspect}_severity")
-        if level is None:
-            continue
-        # one index per level: two tuples with the same negative are one sample, not a pair
-        series.setdefault((row["positive_sha256"], row[f"{aspect}_method"]), {}).setdefault(int(level), index)
+def _level_pairs(items: Iterable[tuple[Hashable, int, Any]]) -> list[tuple[Any, Any]]:
+    """(milder, stronger) value pairs within each series, from (series, level, value) items. One
+    value per (series, level), the first: two tuples with the same negative are one sample, not a pair."""
+    series: dict[Hashable, dict[int, Any]] = {}
+    for key, level, value in items:
+        series.setdefault(key, {}).setdefault(int(level), value)
     pairs = []
     for by_level in series.values():
         levels = sorted(by_level)
@@ -33,21 +27,29 @@ def severity_pairs(rows: Sequence[Mapping[str, Any]], aspect: str) -> list[tuple
     return pairs
 
 
+def _row_items(rows: Sequence[Mapping[str, Any]], aspect: str, values: Iterable[Any]) -> Iterable[tuple[Hashable, int, Any]]:
+    """(series, level, value) of each row's graded ``aspect`` negative: a series is one method on one positive."""
+    for row, value in zip(rows, values):
+        if row.get(f"{aspect}_severity") is not None:
+            yield (row["positive_sha256"], row[f"{aspect}_method"]), row[f"{aspect}_severity"], value
+
+
+def severity_pairs(rows: Sequence[Mapping[str, Any]], aspect: str) -> list[tuple[int, int]]:
+    """(i, j) row indices where row i's ``aspect`` negative is the same method on the same positive
+    as row j's, at a milder severity. Ungraded negatives (severity None) form no pair."""
+    if aspect not in VISUAL_ASPECTS:
+        raise ValueError(f"severity pairs exist for {VISUAL_ASPECTS}, not {aspect!r}")
+    return _level_pairs(_row_items(rows, aspect, range(len(rows))))
+
+
 def series_order_accuracy(items: Iterable[tuple[Hashable, int, float]]) -> float | None:
     """Share of (milder, stronger) pairs within each series whose milder item scores higher (a tie
     counts half), from (series, level, score) items; the first item of a (series, level) counts.
     None when no series has two levels."""
-    series: dict[Hashable, dict[int, float]] = {}
-    for key, level, score in items:
-        series.setdefault(key, {}).setdefault(int(level), float(score))
-    wins, pairs = 0.0, 0
-    for by_level in series.values():
-        levels = sorted(by_level)
-        for k, a in enumerate(levels):
-            for b in levels[k + 1:]:
-                wins += 1.0 if by_level[a] > by_level[b] else 0.5 if by_level[a] == by_level[b] else 0.0
-                pairs += 1
-    return wins / pairs if pairs else None
+    pairs = _level_pairs(items)
+    if not pairs:
+        return None
+    return sum(1.0 if mild > strong else 0.5 if mild == strong else 0.0 for mild, strong in pairs) / len(pairs)
 
 
 def severity_order_accuracy(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Sequence[float]]
@@ -59,8 +61,7 @@ def severity_order_accuracy(rows: Sequence[Mapping[str, Any]], scores: Mapping[s
     for aspect, values in scores.items():
         if len(values) != len(rows):
             raise ValueError(f"{len(values)} {aspect} scores for {len(rows)} rows")
-        value = series_order_accuracy(((row["positive_sha256"], row[f"{aspect}_method"]), row[f"{aspect}_severity"], score)
-                                      for row, score in zip(rows, values) if row.get(f"{aspect}_severity") is not None)
+        value = series_order_accuracy(_row_items(rows, aspect, (float(v) for v in values)))
         if value is not None:
             accuracy[aspect] = value
     return accuracy

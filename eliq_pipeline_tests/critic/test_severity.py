@@ -196,6 +196,8 @@ def test_qqt_severity_term_orders_graded_negatives_binary_ranking_does_not() -> 
         order[weight] = severity_order(head, heldout, heldout_rows)
     assert set(order[1.0]) == {"tec"}  # ungraded aes negatives: no pairs, no figure
     assert order[1.0]["tec"] > 0.95 and order[1.0]["tec"] > order[0.0]["tec"] + 0.2, order
+    with pytest.raises(ValueError, match="not 'ali'"):
+        heldout.negative("ali")  # alignment negatives pair a prompt, not an image
     with pytest.raises(ValueError, match="needs severity_pairs"):
         train_scoring_head(train, heldout, cfg)
     with pytest.raises(ValueError, match="outside the 256 train tuples"):

@@ -57,14 +57,12 @@ def severity_ranking_loss(model: ELIQScoringHead, tuples: TupleEmbeddings, pairs
                           margin: float) -> Tensor:
     """Mean over the given (mild, strong) tuple-index pairs of every visual aspect of
     max(0, m - s_vis(mild negative) + s_vis(strong negative)); zero without pairs."""
-    t = tuples
-    sides = {"tec": (t.tecneg_tec, t.tecneg_aes, t.tecneg_ali_or_pos), "aes": (t.aesneg_tec, t.aesneg_aes, t.aesneg_ali_or_pos)}
     losses = []
     for aspect, index in pairs.items():
         if index.numel() == 0:
             continue
         rows = torch.cat([index[:, 0], index[:, 1]])
-        s_vis, _ = model(*(z[rows] for z in sides[aspect]))
+        s_vis, _ = model(*(z[rows] for z in tuples.negative(aspect)))
         mild, strong = s_vis[: index.shape[0]], s_vis[index.shape[0]:]
         losses.append(_hinge(margin, mild, strong))
-    return torch.cat(losses).mean() if losses else t.pos_tec.sum() * 0.0
+    return torch.cat(losses).mean() if losses else tuples.pos_tec.sum() * 0.0

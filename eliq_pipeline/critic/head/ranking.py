@@ -80,6 +80,14 @@ class TupleEmbeddings:
     def hidden_size(self) -> int:
         return int(self.pos_tec.shape[1])
 
+    def negative(self, aspect: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(z_tec, z_aes, z_ali) of every tuple's ``aspect`` visual negative (``tec`` or ``aes``)."""
+        if aspect == "tec":
+            return self.tecneg_tec, self.tecneg_aes, self.tecneg_ali_or_pos
+        if aspect == "aes":
+            return self.aesneg_tec, self.aesneg_aes, self.aesneg_ali_or_pos
+        raise ValueError(f"visual negatives are {VISUAL_ASPECTS}, not {aspect!r}")
+
     @property
     def tecneg_ali_or_pos(self) -> Tensor:
         return self.tecneg_ali if self.tecneg_ali is not None else self.pos_ali
@@ -170,11 +178,7 @@ def ranking_accuracies(model: ELIQScoringHead, tuples: TupleEmbeddings) -> dict[
 
 def negative_visual_scores(model: ELIQScoringHead, tuples: TupleEmbeddings, aspect: str) -> np.ndarray:
     """Eval-mode s_vis of every tuple's ``aspect`` negative (``tec`` or ``aes``), row-aligned."""
-    if aspect not in VISUAL_ASPECTS:
-        raise ValueError(f"visual negatives are {VISUAL_ASPECTS}, not {aspect!r}")
-    t = tuples
-    z = {"tec": (t.tecneg_tec, t.tecneg_aes, t.tecneg_ali_or_pos), "aes": (t.aesneg_tec, t.aesneg_aes, t.aesneg_ali_or_pos)}
-    return score_embeddings(model, *z[aspect])[0]
+    return score_embeddings(model, *tuples.negative(aspect))[0]
 
 
 def severity_order(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict]) -> dict[str, float]:
