@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from eliq_pipeline.core.atomic import staged_dir
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, series_order_accuracy
@@ -177,6 +178,12 @@ class SFTConfig:
     # negative both "low"; this term asks for the order between them. With it, the sampler keeps
     # all tuples of one positive in one micro-batch (their examples' ``rank`` series).
     severity_ranking_weight: float = 0.0
+    # Exponential moving average of the trainable weights (0: none), updated after every optimizer
+    # step and checkpointed with it; the returned (and saved) model carries the average, the
+    # trajectory itself is unchanged. At a constant learning rate the raw weights of a from-scratch
+    # run jitter from checkpoint to checkpoint; the average (horizon about 1 / (1 - decay) steps)
+    # is the usual remedy.
+    ema_decay: float = 0.0
     # Questions about the same image in a micro-batch share one vision encode and prefix pass
     # (critic/shared_prefix.py); False runs one row per question. Same loss up to float noise.
     share_image_prefix: bool = True
@@ -187,6 +194,10 @@ class SFTConfig:
                        "share_image_prefix")
     # The micro-batch sampler; a new one changes every trajectory, so it is part of the run key.
     SAMPLER = "example-groups/1"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"SFTConfig.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SFTConfig":
@@ -227,8 +238,9 @@ class SFTConfig:
             data["module_learning_rates"] = [[name, float(lr)] for name, lr in self.module_learning_rates]
         else:
             data.pop("module_learning_rates")
-        if not self.severity_ranking_weight:  # likewise
-            data.pop("severity_ranking_weight")
+        for name in ("severity_ranking_weight", "ema_decay"):
+            if not data[name]:  # likewise
+                data.pop(name)
         return data
 
 
@@ -304,6 +316,7 @@ def _save_checkpoint(
     loss_curve: list[float],
     run_key: dict,
     keep: int,
+    ema: Sequence[torch.Tensor] | None = None,
 ) -> Path:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -313,7 +326,8 @@ def _save_checkpoint(
         adapter = {k: v.detach().cpu().contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
         save_file(adapter, str(staging / _CKPT_ADAPTER))
         tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
-        save_file({**tensors, **_rng_tensors()}, str(staging / _CKPT_OPTIMIZER))
+        averages = {f"ema.{i}": t.detach().cpu().contiguous().clone() for i, t in enumerate(ema or ())}
+        save_file({**tensors, **_rng_tensors(), **averages}, str(staging / _CKPT_OPTIMIZER))
         state = {"step": step, "loss_curve": loss_curve, "run_key": run_key, "optimizer_scalars": scalars}
         (staging / _CKPT_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
     for old in _checkpoint_dirs(root)[:-keep] if keep > 0 else []:
@@ -321,7 +335,9 @@ def _save_checkpoint(
     return final
 
 
-def _load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, device: str) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path, model: Any, optimizer: torch.optim.Optimizer, device: str, ema: Sequence[torch.Tensor] | None = None,
+) -> dict[str, Any]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -338,6 +354,8 @@ def _load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, d
         }
     )
     _restore_rng(rng)
+    for i, average in enumerate(ema or ()):
+        average.copy_(saved[f"ema.{i}"])
     return state
 
 
@@ -485,6 +503,7 @@ def _resume(
     run_key: dict,
     device: str,
     say: Callable[[str], None],
+    ema: Sequence[torch.Tensor] | None = None,
 ) -> tuple[int, list[float]]:
     """(step, loss curve) of the newest matching checkpoint, loaded into model/optimizer/RNG."""
     checkpoints = _checkpoint_dirs(ckpt_root)
@@ -495,7 +514,7 @@ def _resume(
         say(f"checkpoints in {ckpt_root} come from other settings or examples; starting fresh")
         shutil.rmtree(ckpt_root)
         return 0, []
-    state = _load_checkpoint(latest, model, optimizer, device)
+    state = _load_checkpoint(latest, model, optimizer, device, ema)
     say(f"resumed from {latest.name} (step {state['step']})")
     return int(state["step"]), list(state["loss_curve"])
 
@@ -539,11 +558,13 @@ def _train_steps(
     trainable: list[torch.nn.Parameter],
     say: Callable[[str], None],
     progress: Callable[[int, int], None] | None = None,
+    ema: list[torch.Tensor] | None = None,
 ) -> None:
     """Optimizer steps ``steps``, appending to ``loss_curve`` and checkpointing as configured."""
     stream = _SampleStream(example_groups(examples, by_series=cfg.severity_ranking_weight > 0), cfg.seed)
     weights = dict(cfg.aspect_loss_weights)
     total_steps = steps.stop
+    ema_update = get_ema_multi_avg_fn(cfg.ema_decay) if ema is not None else None
     model.train()
     for step in steps:
         scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
@@ -561,10 +582,12 @@ def _train_steps(
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
+        if ema_update is not None:
+            ema_update(ema, [p.detach().float() for p in trainable], None)
         loss_curve.append(sum(micro_losses) / len(micro_losses))
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == total_steps:
-            _save_checkpoint(ckpt_root, model, optimizer, done, loss_curve, run_key, cfg.keep_checkpoints)
+            _save_checkpoint(ckpt_root, model, optimizer, done, loss_curve, run_key, cfg.keep_checkpoints, ema)
         if done % max(1, total_steps // 20) == 0 or done == total_steps:  # ~20 progress lines a run
             say(f"step {done}/{total_steps} loss {loss_curve[-1]:.4f}")
         if progress is not None:
@@ -646,9 +669,12 @@ def tune_backbone(
     # Training draws (dropout) come from a forked RNG: seeded by cfg.seed for a fresh run, the
     # saved state for a resumed one, and the caller's global RNG is left untouched either way.
     rng_devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    # The average starts at the initial weights (a resume overwrites it with the saved one); it is
+    # kept in float32: a bf16 average would round away increments of (1 - decay) of a weight.
+    ema = [p.detach().float().clone() for p in trainable] if cfg.ema_decay else None
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(cfg.seed)
-        start_step, loss_curve = _resume(ckpt_root, model, optimizer, run_key, device, say)
+        start_step, loss_curve = _resume(ckpt_root, model, optimizer, run_key, device, say, ema)
         if start_step > total_steps:
             raise ValueError(f"checkpoint is at step {start_step}, beyond max_steps={total_steps}")
         _train_steps(
@@ -665,7 +691,12 @@ def tune_backbone(
             trainable=trainable,
             say=say,
             progress=progress,
+            ema=ema,
         )
+    if ema is not None:  # the model evaluated, returned and saved is the average
+        with torch.no_grad():
+            for param, average in zip(trainable, ema):
+                param.copy_(average)
     model.eval()
 
     p_high = (label_probabilities(model, processor, examples_heldout, cfg.eval_batch_size, device)

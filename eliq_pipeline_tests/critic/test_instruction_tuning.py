@@ -272,3 +272,40 @@ def test_a_finished_run_on_other_examples_is_not_resumed(tiny_dir: Path, toy_dat
     assert again.resumed_from_step == 0 and any("other settings or examples; starting fresh" in line for line in log)
     relabelled = [SFTExample(e.image, e.aspect, e.prompt, "low" if e.label == "high" else "high", e.group) for e in other]
     assert tune_backbone(str(tiny_dir), relabelled, [], cfg, work).resumed_from_step == 0
+
+
+def test_ema_returns_the_average_of_the_trajectory_and_resumes_it(tiny_dir: Path, toy_data, tmp_path: Path) -> None:
+    """With ``ema_decay`` the returned model carries the exponential average of the raw weights
+    after each step (read back from per-step checkpoints), started at the initial weights; an
+    interrupted run resumes the average, and a finished one re-evaluates it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from eliq_pipeline.critic.instruction_tuning import _lora_backbone
+
+    train, decay = toy_data[0], 0.6
+    cfg = SFTConfig.tiny(max_steps=4, checkpoint_every=1, keep_checkpoints=10, batch_size=4, ema_decay=decay)
+    straight = tune_backbone(str(tiny_dir), train, [], cfg, tmp_path / "straight")
+    initial, _, _ = _lora_backbone(str(tiny_dir), cfg, "cpu", torch.float32)
+    expected = {k: v.detach().clone() for k, v in get_peft_model_state_dict(initial).items()}
+    for step in range(1, 5):
+        raw = load_file(str(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}" / "adapter_model.safetensors"))
+        expected = {k: decay * expected[k] + (1 - decay) * raw[k] for k in expected}
+    averaged = get_peft_model_state_dict(straight.model)
+    assert set(averaged) == set(expected)
+    assert all(torch.allclose(averaged[k], expected[k], atol=1e-6) for k in expected)
+    # the checkpoints hold the raw trajectory; the model is the average, not the last raw weights
+    assert any(not torch.allclose(averaged[k], raw[k], atol=1e-4) for k in raw)
+
+    work = tmp_path / "interrupted"
+    tune_backbone(str(tiny_dir), train, [], SFTConfig.tiny(**{**vars(cfg), "max_steps": 2}), work)
+    for run in range(2):  # resumed at step 2, then a finished run that only re-evaluates
+        result = tune_backbone(str(tiny_dir), train, [], cfg, work)
+        assert result.resumed_from_step == (2, 4)[run]
+        state = get_peft_model_state_dict(result.model)
+        assert all(torch.allclose(state[k], averaged[k], atol=1e-6) for k in averaged)
+
+    # part of the trajectory key only when used; a decay outside [0, 1) is refused
+    assert "ema_decay" not in SFTConfig.tiny().run_key() and cfg.run_key()["ema_decay"] == decay
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        SFTConfig.tiny(ema_decay=1.0)
