@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--agiqa", default=None, help="AGIQA-3K folder, scored at each point (never used to choose)")
     ap.add_argument("--steps", type=int, default=None, help="last SFT step (default: the profile's max_steps)")
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-at", default=None, metavar="STEPS",
+                    help="comma-separated SFT steps to measure at instead of every --eval-every, e.g. 2000,2500,3000")
     ap.add_argument("--max-positives", type=int, default=0, help="first N manifest rows; 0: all")
     ap.add_argument("--agiqa-stride", type=int, default=1, help="every Nth AGIQA-3K image (1: all)")
     ap.add_argument("--qqt-train", type=int, default=2000, help="train tuples the QQT sees at each point; 0: all")
@@ -170,6 +172,9 @@ def main() -> None:
                     help="override one of the profile's scorer (QQT) settings, e.g. severity_ranking_weight=1.0")
     ap.add_argument("--profile", action="append", default=[], metavar="KEY=JSON",
                     help="override a profile setting, e.g. technical_methods='[\"gaussian_blur\", \"elastic_warp\"]'")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed S: random backbone init S, SFT and QQT seed ERA_SEED + S; the supervision "
+                         "(negatives, split, tuples) stays the era's. 0 is the profile's own run")
     ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
@@ -206,14 +211,17 @@ def main() -> None:
         root = Path(args.agiqa)
         agiqa = [(Image.open(root / "images" / d["name"]).convert("RGB"), d)
                  for d in list(csv.DictReader(open(root / "data.csv", encoding="utf-8")))[::args.agiqa_stride]]
-    base = tiny.resolve(profile.backbone, work / "models")
+    base = tiny.resolve(profile.backbone, work / "models", init_seed=args.seed)
+    train_seed = ERA_SEED + args.seed
     last = args.steps or profile.sft["max_steps"]
     stages = list(range(args.eval_every, last, args.eval_every)) + [last]
+    if args.eval_at:
+        stages = sorted({int(step) for step in args.eval_at.split(",")} | {last})
     own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
     points: list[dict] = []
     for step in stages:
         t1 = time.time()
-        cfg = profile.sft_config(seed=ERA_SEED, max_steps=step)
+        cfg = profile.sft_config(seed=train_seed, max_steps=step)
         result = tune_backbone(base, sft_train, sft_held, cfg, work / "sft")  # resumes from the last point
         sft_s = time.time() - t1
         model, processor = result.model, result.processor
@@ -222,7 +230,7 @@ def main() -> None:
             train_emb = critic_data.tuple_embeddings(cache, qqt_rows, own_ali)
             held_emb = critic_data.tuple_embeddings(cache, held_rows, own_ali)
         head = train_scoring_head(train_emb, held_emb, profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]),
-                                                                              seed=ERA_SEED),
+                                                                              seed=train_seed),
                                   severity_pairs={a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS})
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
                  "sft_heldout_label_accuracy": result.heldout_accuracy,
@@ -250,7 +258,8 @@ def main() -> None:
         if args.out:  # after every point, so a stopped run keeps what it measured
             write_text(args.out, json.dumps(report, indent=1, default=float))
         if args.plot:
-            changed = {**profile_overrides, **overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()}}
+            changed = {**profile_overrides, **overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()},
+                       **({"seed": args.seed} if args.seed else {})}
             title = f"cpu profile{' + ' + json.dumps(changed) if changed else ''}: curves of one run"
             write_bytes(args.plot, plot(points, result.loss_curve, title))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
