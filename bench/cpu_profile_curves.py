@@ -190,6 +190,12 @@ def main() -> None:
     profile_overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.profile)}
     profile = replace(profile, sft={**profile.sft, **overrides}, scorer={**profile.scorer, **scorer_overrides},
                       **{k: tuple(v) if isinstance(v, list) else v for k, v in profile_overrides.items()})
+    last = args.steps or profile.sft["max_steps"]
+    stages = list(range(args.eval_every, last, args.eval_every)) + [last]
+    if args.eval_at:
+        stages = sorted({int(step) for step in args.eval_at.split(",")} | {last})
+        if stages[0] < 1 or stages[-1] > last:  # a point past the last step would train beyond it
+            ap.error(f"--eval-at steps must lie in 1..{last} (the last SFT step), got {args.eval_at}")
     work = Path(args.work)
     store = LocalArtifactStore(work / "store")
     t0 = time.time()
@@ -213,10 +219,6 @@ def main() -> None:
                  for d in list(csv.DictReader(open(root / "data.csv", encoding="utf-8")))[::args.agiqa_stride]]
     base = tiny.resolve(profile.backbone, work / "models", init_seed=args.seed)
     train_seed = ERA_SEED + args.seed
-    last = args.steps or profile.sft["max_steps"]
-    stages = list(range(args.eval_every, last, args.eval_every)) + [last]
-    if args.eval_at:
-        stages = sorted({int(step) for step in args.eval_at.split(",")} | {last})
     own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
     points: list[dict] = []
     for step in stages:

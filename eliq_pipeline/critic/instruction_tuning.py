@@ -264,6 +264,11 @@ class SFTResult:
 # --------------------------------------------------------------------------------------------
 
 
+def _saved_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU, contiguous, detached copy of ``tensor`` for safetensors."""
+    return tensor.detach().cpu().contiguous().clone()
+
+
 def _flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -271,7 +276,7 @@ def _flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torc
         for name, value in entry.items():
             key = f"state.{index}.{name}"
             if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().cpu().contiguous().clone()
+                tensors[key] = _saved_copy(value)
             else:
                 scalars[key] = value
     return tensors, scalars
@@ -323,10 +328,10 @@ def _save_checkpoint(
 
     final = root / f"step-{step:08d}"
     with staged_dir(final) as staging:  # the rename publishes the checkpoint whole
-        adapter = {k: v.detach().cpu().contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
+        adapter = {k: _saved_copy(v) for k, v in get_peft_model_state_dict(model).items()}
         save_file(adapter, str(staging / _CKPT_ADAPTER))
         tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
-        averages = {f"ema.{i}": t.detach().cpu().contiguous().clone() for i, t in enumerate(ema or ())}
+        averages = {f"ema.{i}": _saved_copy(t) for i, t in enumerate(ema or ())}
         save_file({**tensors, **_rng_tensors(), **averages}, str(staging / _CKPT_OPTIMIZER))
         state = {"step": step, "loss_curve": loss_curve, "run_key": run_key, "optimizer_scalars": scalars}
         (staging / _CKPT_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
