@@ -276,8 +276,9 @@ def test_a_finished_run_on_other_examples_is_not_resumed(tiny_dir: Path, toy_dat
 
 def test_ema_returns_the_average_of_the_trajectory_and_resumes_it(tiny_dir: Path, toy_data, tmp_path: Path) -> None:
     """With ``ema_decay`` the returned model carries the exponential average of the raw weights
-    after each step (read back from per-step checkpoints), started at the initial weights; an
-    interrupted run resumes the average, and a finished one re-evaluates it."""
+    after each step (read back from per-step checkpoints), debiased so that the random initial
+    weights are no part of it; an interrupted run resumes the average, and a finished one
+    re-evaluates it."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -287,10 +288,11 @@ def test_ema_returns_the_average_of_the_trajectory_and_resumes_it(tiny_dir: Path
     cfg = SFTConfig.tiny(max_steps=4, checkpoint_every=1, keep_checkpoints=10, batch_size=4, ema_decay=decay)
     straight = tune_backbone(str(tiny_dir), train, [], cfg, tmp_path / "straight")
     initial, _, _ = _lora_backbone(str(tiny_dir), cfg, "cpu", torch.float32)
-    expected = {k: v.detach().clone() for k, v in get_peft_model_state_dict(initial).items()}
+    expected = {k: torch.zeros_like(v) for k, v in get_peft_model_state_dict(initial).items()}
     for step in range(1, 5):
         raw = load_file(str(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}" / "adapter_model.safetensors"))
         expected = {k: decay * expected[k] + (1 - decay) * raw[k] for k in expected}
+    expected = {k: v / (1 - decay**4) for k, v in expected.items()}
     averaged = get_peft_model_state_dict(straight.model)
     assert set(averaged) == set(expected)
     assert all(torch.allclose(averaged[k], expected[k], atol=1e-6) for k in expected)
@@ -305,7 +307,14 @@ def test_ema_returns_the_average_of_the_trajectory_and_resumes_it(tiny_dir: Path
         state = get_peft_model_state_dict(result.model)
         assert all(torch.allclose(state[k], averaged[k], atol=1e-6) for k in averaged)
 
+    # the average of a one-step run is that step's weights, whatever the decay: no trace of the init
+    one = tune_backbone(str(tiny_dir), train, [], SFTConfig.tiny(**{**vars(cfg), "max_steps": 1, "ema_decay": 0.99}),
+                        tmp_path / "one")
+    first = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000001" / "adapter_model.safetensors"))
+    assert all(torch.allclose(get_peft_model_state_dict(one.model)[k], first[k], atol=1e-6) for k in first)
+
     # part of the trajectory key only when used; a decay outside [0, 1) is refused
     assert "ema_decay" not in SFTConfig.tiny().run_key() and cfg.run_key()["ema_decay"] == decay
+    assert "ema_start" not in SFTConfig.tiny().run_key() and cfg.run_key()["ema_start"] == "zero-debiased"
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         SFTConfig.tiny(ema_decay=1.0)
