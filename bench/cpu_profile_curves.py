@@ -95,12 +95,16 @@ def tec_accuracy_by_method(model, processor, rows: list[dict], load, batch: int)
     return {key: round(sum(v) / len(v), 3) for key, v in sorted(right.items())}
 
 
-def agiqa_point(model, processor, head, agiqa: list[tuple[Image.Image, dict]], batch: int) -> dict:
+def agiqa_embeddings(model, processor, agiqa: list[tuple[Image.Image, dict]], batch: int) -> torch.Tensor:
+    """(images, 3, hidden): z_tec, z_aes, z_ali of every AGIQA-3K image."""
     images = [im for im, _ in agiqa]
     queries = [(i, a) for i in range(len(images)) for a in ("tec", "aes", "ali")]  # one image's questions adjacent
     z = extract_aspect_embeddings(model, processor, [images[i] for i, _ in queries], [a for _, a in queries],
                                   [agiqa[i][1]["prompt"] if a == "ali" else None for i, a in queries], batch_size=batch)
-    z = z.view(len(images), 3, -1)
+    return z.view(len(images), 3, -1)
+
+
+def agiqa_point(head, z: torch.Tensor, agiqa: list[tuple[Image.Image, dict]]) -> dict:
     s_vis, s_ali = score_embeddings(head, z[:, 0], z[:, 1], z[:, 2])
     return {"visual": correlation_report(s_vis, [float(d["mos_quality"]) for _, d in agiqa]),
             "alignment": correlation_report(s_ali, [float(d["mos_align"]) for _, d in agiqa])}
@@ -166,6 +170,9 @@ def main() -> None:
     ap.add_argument("--max-positives", type=int, default=0, help="first N manifest rows; 0: all")
     ap.add_argument("--agiqa-stride", type=int, default=1, help="every Nth AGIQA-3K image (1: all)")
     ap.add_argument("--qqt-train", type=int, default=2000, help="train tuples the QQT sees at each point; 0: all")
+    ap.add_argument("--qqt-seeds", default="", metavar="SEEDS",
+                    help="comma-separated extra QQT seeds trained at each point on the same embeddings (and "
+                         "scored on the same AGIQA-3K embeddings): how much the head's fit alone moves a figure")
     ap.add_argument("--sft", action="append", default=[], metavar="KEY=JSON",
                     help="override one of the profile's SFT settings, e.g. learning_rate=1e-3 (an attempt)")
     ap.add_argument("--scorer", action="append", default=[], metavar="KEY=JSON",
@@ -219,6 +226,7 @@ def main() -> None:
                  for d in list(csv.DictReader(open(root / "data.csv", encoding="utf-8")))[::args.agiqa_stride]]
     base = tiny.resolve(profile.backbone, work / "models", init_seed=args.seed)
     train_seed = ERA_SEED + args.seed
+    qqt_seeds = [int(seed) for seed in args.qqt_seeds.split(",") if seed]
     own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
     points: list[dict] = []
     for step in stages:
@@ -231,17 +239,24 @@ def main() -> None:
             cache = embed_tuples(model, processor, qqt_rows + held_rows, load, own_ali, batch, Path(point_dir))
             train_emb = critic_data.tuple_embeddings(cache, qqt_rows, own_ali)
             held_emb = critic_data.tuple_embeddings(cache, held_rows, own_ali)
-        head = train_scoring_head(train_emb, held_emb, profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]),
-                                                                              seed=train_seed),
-                                  severity_pairs={a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS})
+        heads = {seed: train_scoring_head(train_emb, held_emb,
+                                          profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]), seed=seed),
+                                          severity_pairs={a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS})
+                 for seed in [train_seed, *qqt_seeds]}
+        head = heads[train_seed]
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
                  "sft_heldout_label_accuracy": result.heldout_accuracy,
                  "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1),
                  "sft_heldout_tec_accuracy_by_method": tec_accuracy_by_method(model, processor, held_rows, load, batch),
                  "heldout_severity_order": {"sft": result.heldout_severity_order,
                                             "qqt": severity_order(head.model, held_emb, held_rows)}}
+        z_agiqa = agiqa_embeddings(model, processor, agiqa, batch) if agiqa else None
         if agiqa:
-            point["agiqa"] = agiqa_point(model, processor, head.model, agiqa, batch)
+            point["agiqa"] = agiqa_point(head.model, z_agiqa, agiqa)
+        if qqt_seeds:
+            point["qqt_seeds"] = [{"seed": seed, "qqt_heldout_accuracy": other.heldout_accuracies,
+                                   **({"agiqa": agiqa_point(other.model, z_agiqa, agiqa)} if agiqa else {})}
+                                  for seed, other in heads.items()]
         point["seconds"] = round(time.time() - t1, 1)
         points.append(point)
         line = {k: {a: round(v, 3) for a, v in point[k].items()}
@@ -252,6 +267,9 @@ def main() -> None:
             vis = point["agiqa"]["visual"]
             line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"
             line["agiqa_ali_srcc"] = round(point["agiqa"]["alignment"]["srcc"], 3)
+        if qqt_seeds and agiqa:
+            line["agiqa_vis_srcc_by_qqt_seed"] = {p["seed"]: round(p["agiqa"]["visual"]["srcc"], 3)
+                                                  for p in point["qqt_seeds"]}
         print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
         report = {"args": vars(args), "profile_overrides": profile_overrides, "sft_overrides": overrides,
                   "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
