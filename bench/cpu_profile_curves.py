@@ -239,9 +239,10 @@ def main() -> None:
             cache = embed_tuples(model, processor, qqt_rows + held_rows, load, own_ali, batch, Path(point_dir))
             train_emb = critic_data.tuple_embeddings(cache, qqt_rows, own_ali)
             held_emb = critic_data.tuple_embeddings(cache, held_rows, own_ali)
+        pairs = {a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS}
         heads = {seed: train_scoring_head(train_emb, held_emb,
                                           profile.scorer_config(hidden_size=int(train_emb.pos_tec.shape[1]), seed=seed),
-                                          severity_pairs={a: severity_pairs(qqt_rows, a) for a in VISUAL_ASPECTS})
+                                          severity_pairs=pairs)
                  for seed in [train_seed, *qqt_seeds]}
         head = heads[train_seed]
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
@@ -250,8 +251,8 @@ def main() -> None:
                  "sft_heldout_tec_accuracy_by_method": tec_accuracy_by_method(model, processor, held_rows, load, batch),
                  "heldout_severity_order": {"sft": result.heldout_severity_order,
                                             "qqt": severity_order(head.model, held_emb, held_rows)}}
-        z_agiqa = agiqa_embeddings(model, processor, agiqa, batch) if agiqa else None
         if agiqa:
+            z_agiqa = agiqa_embeddings(model, processor, agiqa, batch)  # once, for every head
             point["agiqa"] = agiqa_point(head.model, z_agiqa, agiqa)
         if qqt_seeds:
             point["qqt_seeds"] = [{"seed": seed, "qqt_heldout_accuracy": other.heldout_accuracies,
