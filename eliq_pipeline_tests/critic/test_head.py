@@ -52,12 +52,17 @@ def synthetic_tuples(n: int, seed: int, directions: np.ndarray, noise: float = 0
     )
 
 
-@pytest.fixture(scope="module")
-def data():
+def synthetic_splits() -> tuple[TupleEmbeddings, TupleEmbeddings]:
+    """256 train and 128 held-out tuples along the same three directions."""
     rng = np.random.default_rng(123)
     directions = rng.normal(size=(3, H))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     return synthetic_tuples(256, 1, directions), synthetic_tuples(128, 2, directions)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_splits()
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def _toy_benchmark(folder) -> dict:
 def era_metadata(tmp_path_factory):
     root = tmp_path_factory.mktemp("metadata")
     # graded technical negatives with both severity-ranking terms on, so their numbers show too
-    graded = {**FAST_OVERRIDES, "technical_methods": ["gaussian_blur", "jpeg_recompress"], "severity_levels": [1, 2],
+    # 12 prompts: three held-out positives, the fewest heldout_vis_ali_invariance is defined on
+    graded = {**FAST_OVERRIDES, "n_prompts": 12, "technical_methods": ["gaussian_blur", "jpeg_recompress"], "severity_levels": [1, 2],
               "negatives_per_aspect": 2, "sft": {**FAST_OVERRIDES["sft"], "severity_ranking_weight": 1.0},
               "scorer": {**FAST_OVERRIDES["scorer"], "severity_ranking_weight": 1.0}}
     env = pipeline_env(root / "home", write_eras(root / "eras.yaml"), ELIQ_PROFILE_OVERRIDES=json.dumps(graded),
@@ -124,6 +125,9 @@ def test_training_numbers_are_floats(era_metadata):
         entry = meta["heldout_severity_order_tec"]
         assert isinstance(entry, dg.FloatMetadataValue) and 0 <= entry.value <= 1
         assert "heldout_severity_order_aes" not in meta
+    # how much s_vis leans on the alignment token (label-free): a Spearman correlation
+    invariance = qqt["heldout_vis_ali_invariance"]
+    assert isinstance(invariance, dg.FloatMetadataValue) and -1 <= invariance.value <= 1
     # the JSON forms stay for tools that read them
     assert isinstance(qqt["heldout_accuracy"], dg.JsonMetadataValue) and "vis_vs_tec" in qqt["heldout_accuracy"].value
     assert qqt["heldout_accuracy_tec"].value == pytest.approx(qqt["heldout_accuracy"].value["vis_vs_tec"], abs=1e-4)

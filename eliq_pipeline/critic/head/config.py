@@ -50,6 +50,12 @@ class ScorerConfig:
     # Weight of a hinge term (margin m) asking s_vis(mild negative) > s_vis(strong negative) for the
     # severity pairs given to training (critic/severity.py); 0: none (the paper's head).
     severity_ranking_weight: float = 0.0
+    # Train s_vis with the z_ali of random other train tuples (one draw per visual row: I+, I-_tec,
+    # I-_aes), so it cannot lean on the alignment token; s_ali still sees its own. Not in the paper.
+    # Visual pairs whose sides share z_ali (embed_negative_alignment off) leave s_vis free to depend
+    # on z_ali across images; how much it does is then a matter of the head's seed, and the between-
+    # image ranking with it (ARCHITECTURE.md, "The alignment token in s_vis").
+    shuffle_visual_alignment: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -98,8 +104,9 @@ class ScorerConfig:
         """JSON-native values (lists, not tuples), so a dict read back from config.json compares equal."""
         data = asdict(self)
         data["aspects"] = list(self.aspects)
-        if not self.severity_ranking_weight:  # absent at its default: bundles written before it still verify
-            del data["severity_ranking_weight"]
+        for key in ("severity_ranking_weight", "shuffle_visual_alignment"):
+            if not data[key]:  # absent at its default: bundles written before it still verify
+                del data[key]
         return data
 
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
 
 from eliq_pipeline.critic.head.config import ScorerConfig
@@ -118,25 +119,35 @@ class TupleScores:
 
 
 def score_tuples(
-    model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor | None = None
+    model: ELIQScoringHead, tuples: TupleEmbeddings, index: Tensor | None = None,
+    visual_ali_index: Tensor | None = None,
 ) -> TupleScores:
     """One forward over 4 stacked row groups: I+, I-_tec, I-_aes (all with prompt p) and
-    (I+, p-_ali). Runs in whatever mode/grad context the caller set."""
+    (I+, p-_ali). Runs in whatever mode/grad context the caller set.
+
+    visual_ali_index ([3, batch] tuple indices) scores I+, I-_tec and I-_aes for s_vis with those
+    tuples' z_ali(I+, p) instead of their own (``ScorerConfig.shuffle_visual_alignment``); s_ali(I+, p)
+    then comes from a fifth row group with its own z_ali."""
     t = tuples
     idx = torch.arange(len(t)) if index is None else index
     b = int(idx.shape[0])
-    z_tec = torch.cat([t.pos_tec[idx], t.tecneg_tec[idx], t.aesneg_tec[idx], t.pos_tec[idx]])
-    z_aes = torch.cat([t.pos_aes[idx], t.tecneg_aes[idx], t.aesneg_aes[idx], t.pos_aes[idx]])
-    z_ali = torch.cat(
-        [t.pos_ali[idx], t.tecneg_ali_or_pos[idx], t.aesneg_ali_or_pos[idx], t.neg_ali[idx]]
-    )
-    s_vis, s_ali = model(z_tec, z_aes, z_ali)
+    z_tec = [t.pos_tec[idx], t.tecneg_tec[idx], t.aesneg_tec[idx], t.pos_tec[idx]]
+    z_aes = [t.pos_aes[idx], t.tecneg_aes[idx], t.aesneg_aes[idx], t.pos_aes[idx]]
+    if visual_ali_index is None:
+        z_ali = [t.pos_ali[idx], t.tecneg_ali_or_pos[idx], t.aesneg_ali_or_pos[idx], t.neg_ali[idx]]
+    else:
+        if tuple(visual_ali_index.shape) != (3, b):
+            raise ValueError(f"visual_ali_index must have shape (3, {b}), got {tuple(visual_ali_index.shape)}")
+        z_ali = [*(t.pos_ali[row] for row in visual_ali_index), t.neg_ali[idx], t.pos_ali[idx]]
+        z_tec.append(t.pos_tec[idx])
+        z_aes.append(t.pos_aes[idx])
+    s_vis, s_ali = model(torch.cat(z_tec), torch.cat(z_aes), torch.cat(z_ali))
     return TupleScores(
         pos_vis=s_vis[:b],
         tecneg_vis=s_vis[b : 2 * b],
         aesneg_vis=s_vis[2 * b : 3 * b],
-        pos_ali=s_ali[:b],
-        neg_ali=s_ali[3 * b :],
+        pos_ali=s_ali[:b] if visual_ali_index is None else s_ali[4 * b :],
+        neg_ali=s_ali[3 * b : 4 * b],
     )
 
 
@@ -185,3 +196,23 @@ def severity_order(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequen
     """How often the head scores a milder negative above a stronger one of the same method on the same
     positive (``critic.severity``), per visual aspect with graded pairs among ``rows`` (row i = tuple i)."""
     return severity_order_accuracy(rows, {a: negative_visual_scores(model, tuples, a).tolist() for a in VISUAL_ASPECTS})
+
+
+def visual_alignment_invariance(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict],
+                                seed: int = 0) -> float | None:
+    """Spearman correlation of s_vis over the distinct positives of ``rows`` (row i = tuple i, keyed
+    by ``positive_sha256``) scored with their own z_ali and with a seeded shuffle of the others':
+    1.0 when the visual score ignores the alignment token, lower the more it leans on it. Needs no
+    scores from people. None with fewer than three positives."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row["positive_sha256"], i)
+    if len(first) < 3:
+        return None
+    idx = torch.tensor(sorted(first.values()))
+    shuffled = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
+    own = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[idx])[0]
+    other = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[shuffled])[0]
+    if np.all(own == own[0]) or np.all(other == other[0]):
+        return None  # a collapsed head has no ranking to compare
+    return float(stats.spearmanr(own, other).statistic)

@@ -64,8 +64,11 @@ def _train_epoch(
         if cfg.max_steps is not None and result.steps >= cfg.max_steps:
             break
         index = permutation[start : start + cfg.batch_size]
+        # each visual row's z_ali from a random train tuple: s_vis must rank without leaning on it
+        visual_ali = (torch.randint(n, (3, int(index.shape[0])), generator=order_rng)
+                      if cfg.shuffle_visual_alignment else None)
         total, l_vis, l_ali = total_ranking_loss(
-            score_tuples(model, train, index), cfg.margin, cfg.visual_loss, cfg.aspects
+            score_tuples(model, train, index, visual_ali), cfg.margin, cfg.visual_loss, cfg.aspects
         )
         if severity_pairs:
             # the pairs whose milder side is in this batch: each pair once per epoch

@@ -14,7 +14,7 @@ from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import AspectEmbedder
 from eliq_pipeline.critic.head.checkpoints import save_scoring_head
-from eliq_pipeline.critic.head.ranking import severity_order
+from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.critic.instruction_tuning import (
@@ -155,8 +155,9 @@ def qqt_model(
     """Gated fusion + Quality Query Transformer (3.3.2-3.3.4) trained with the margin ranking losses (3.3.5).
 
     Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch),
-    `heldout_severity_order_tec|aes` (graded eras: mild negatives scored above strong ones) and
-    `final_loss` as numbers; plots of the losses and held-out accuracies per epoch (dotted line:
+    `heldout_severity_order_tec|aes` (graded eras: mild negatives scored above strong ones),
+    `heldout_vis_ali_invariance` (s_vis of held-out positives with their own vs shuffled alignment
+    tokens, Spearman: 1 when the visual score ignores z_ali) and `final_loss` as numbers; plots of the losses and held-out accuracies per epoch (dotted line:
     the kept epoch; dashed: chance)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
@@ -181,7 +182,8 @@ def qqt_model(
         era, eras, profile, train_tuples=len(train_rows), heldout_tuples=len(heldout_rows),
         **accuracy_metadata(result.heldout_accuracies),
         **numbers(**{f"heldout_severity_order_{aspect}": value for aspect, value in order.items()}),
-        **numbers(final_loss=result.loss_history[-1] if result.loss_history else None),
+        **numbers(final_loss=result.loss_history[-1] if result.loss_history else None,
+                  heldout_vis_ali_invariance=visual_alignment_invariance(result.model, heldout, heldout_rows)),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,
         **{key: image_metadata(png, key.replace("_", " ")) for key, png in
            training_plots(era.name, result.history, result.best_epoch).items()},

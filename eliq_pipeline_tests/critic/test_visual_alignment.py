@@ -1,0 +1,80 @@
+"""ScorerConfig.shuffle_visual_alignment: s_vis trained with other tuples' alignment tokens, and the
+label-free measure of how much a head's s_vis leans on z_ali (visual_alignment_invariance)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eliq_pipeline.critic.head.config import ScorerConfig
+from eliq_pipeline.critic.head.modules import ELIQScoringHead
+from eliq_pipeline.critic.head.ranking import score_tuples, visual_alignment_invariance
+from eliq_pipeline.critic.head.training import train_scoring_head
+from eliq_pipeline_tests.critic.test_head import synthetic_splits, tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """test_head's synthetic tuples: visual negatives share I+'s z_ali, as the cpu profile's do."""
+    return synthetic_splits()
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"positive_sha256": f"{i:064x}"} for i in range(n)]
+
+
+def test_config_leaves_the_switch_out_at_its_default():
+    assert "shuffle_visual_alignment" not in ScorerConfig().to_dict()  # bundles written before it still verify
+    cfg = tiny_cfg(shuffle_visual_alignment=True)
+    assert cfg.to_dict()["shuffle_visual_alignment"] is True
+    assert ScorerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_visual_rows_take_the_given_alignment_tokens_and_s_ali_keeps_its_own(data):
+    train, _ = data
+    torch.manual_seed(0)
+    model = ELIQScoringHead(tiny_cfg()).eval()
+    index = torch.arange(10, 20)
+    visual_ali = torch.tensor([[3] * 10, list(range(100, 110)), [7] * 10])
+    plain, shuffled = score_tuples(model, train, index), score_tuples(model, train, index, visual_ali)
+    with torch.no_grad():
+        expected = [model(tec[index], aes[index], train.pos_ali[rows])[0]
+                    for (tec, aes), rows in zip(((train.pos_tec, train.pos_aes), (train.tecneg_tec, train.tecneg_aes),
+                                                 (train.aesneg_tec, train.aesneg_aes)), visual_ali)]
+    for got, want in zip((shuffled.pos_vis, shuffled.tecneg_vis, shuffled.aesneg_vis), expected):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(shuffled.pos_vis, plain.pos_vis)
+    torch.testing.assert_close(shuffled.pos_ali, plain.pos_ali)  # s_ali(I+, p) on I+'s own z_ali
+    torch.testing.assert_close(shuffled.neg_ali, plain.neg_ali)
+    with pytest.raises(ValueError, match=r"shape \(3, 10\)"):
+        score_tuples(model, train, index, visual_ali[:2])
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_shuffling_keeps_s_vis_off_the_alignment_token(data, seed):
+    # The synthetic visual negatives share I+'s z_ali, as the cpu profile's do: the visual pairs then
+    # leave s_vis free to vary with z_ali across images, and held-out tuple accuracy cannot tell.
+    train, heldout = data
+    rows = _rows(len(heldout))
+    free = train_scoring_head(train, heldout, tiny_cfg(seed=seed))
+    shuffled = train_scoring_head(train, heldout, tiny_cfg(seed=seed, shuffle_visual_alignment=True))
+    for result in (free, shuffled):
+        assert result.heldout_accuracies["vis_vs_tec"] >= 0.99 and result.heldout_accuracies["ali"] >= 0.99
+    assert visual_alignment_invariance(free.model, heldout, rows) < 0.75
+    assert visual_alignment_invariance(shuffled.model, heldout, rows) > 0.93
+
+
+def test_invariance_counts_each_positive_once_and_needs_three(data):
+    _, heldout = data
+    torch.manual_seed(0)
+    model = ELIQScoringHead(tiny_cfg()).eval()
+    # two tuples per positive (as eras build them): the duplicate rows add nothing
+    rows = [{"positive_sha256": f"{i // 2:064x}"} for i in range(len(heldout))]
+    unique = heldout.subset(np.arange(0, len(heldout), 2))
+    assert visual_alignment_invariance(model, heldout, rows) == pytest.approx(
+        visual_alignment_invariance(model, unique, _rows(len(unique))))
+    assert visual_alignment_invariance(model, heldout, rows[:4]) is None  # two positives
+    assert -1.0 <= visual_alignment_invariance(model, heldout, _rows(len(heldout))) <= 1.0
