@@ -44,7 +44,7 @@ from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import SFTExample, label_probabilities, pseudo_label_examples, tune_backbone
-from eliq_pipeline.critic.head.ranking import severity_order
+from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.evaluation.metrics import correlation_report
 from eliq_pipeline.supervision.image_cache import get_image, put_image
@@ -185,6 +185,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--save-embeddings", default=None, metavar="FILE",
+                    help="torch file of the last point's QQT train / held-out tuple embeddings, their rows and the "
+                         "AGIQA-3K embeddings, for bench/qqt_heads.py")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -256,14 +259,21 @@ def main() -> None:
             point["agiqa"] = agiqa_point(head.model, z_agiqa, agiqa)
         if qqt_seeds:
             point["qqt_seeds"] = [{"seed": seed, "qqt_heldout_accuracy": other.heldout_accuracies,
+                                   "vis_ali_invariance": visual_alignment_invariance(other.model, held_emb, held_rows),
                                    **({"agiqa": agiqa_point(other.model, z_agiqa, agiqa)} if agiqa else {})}
                                   for seed, other in heads.items()]
+        point["vis_ali_invariance"] = visual_alignment_invariance(head.model, held_emb, held_rows)
+        if args.save_embeddings and step == stages[-1]:
+            torch.save({"train": train_emb, "held": held_emb, "train_rows": qqt_rows, "held_rows": held_rows,
+                        **({"agiqa_z": z_agiqa, "agiqa_meta": [d for _, d in agiqa]} if agiqa else {}),
+                        "sft_heldout": result.heldout_accuracy, "scorer": profile.scorer}, args.save_embeddings)
         point["seconds"] = round(time.time() - t1, 1)
         points.append(point)
         line = {k: {a: round(v, 3) for a, v in point[k].items()}
                 for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy")}
         line["severity_order"] = {k: {a: round(v, 3) for a, v in d.items()}
                                   for k, d in point["heldout_severity_order"].items()}
+        line["vis_ali_invariance"] = round(point["vis_ali_invariance"], 3)
         if agiqa:
             vis = point["agiqa"]["visual"]
             line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"
