@@ -139,7 +139,11 @@ CPU = Profile(
         # 0-2 it lowered the held-out tec label accuracy (mean 0.722 vs 0.747; a seed that learns
         # late is averaged with its earlier, weaker weights).
     },
-    scorer={},
+    # s_vis trained with other tuples' z_ali (the visual pairs share I+'s, below): left free, how
+    # much s_vis leaned on z_ali depended on the head's seed (two heads in eight on one set of
+    # embeddings); with it, own-vs-shuffled-z_ali Spearman 1.000 for all eight, held-out tuple
+    # accuracy as before or higher (ARCHITECTURE.md, attempt N).
+    scorer={"shuffle_visual_alignment": True},
     embed_batch_size=16,
     sft_preset="tiny",
     negative_families=("conventional",),  # imported positives have no sampler for AI-specific renders
