@@ -273,7 +273,8 @@ def main() -> None:
                 for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy")}
         line["severity_order"] = {k: {a: round(v, 3) for a, v in d.items()}
                                   for k, d in point["heldout_severity_order"].items()}
-        line["vis_ali_invariance"] = round(point["vis_ali_invariance"], 3)
+        if point["vis_ali_invariance"] is not None:  # None below three held-out positives
+            line["vis_ali_invariance"] = round(point["vis_ali_invariance"], 3)
         if agiqa:
             vis = point["agiqa"]["visual"]
             line["agiqa_vis_srcc"] = f"{vis['srcc']:.3f} [{vis['srcc_ci_low']:.3f}, {vis['srcc_ci_high']:.3f}]"

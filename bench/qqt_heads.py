@@ -89,8 +89,9 @@ def main() -> None:
         own[seed] = score_embeddings(result.model, *z_pos)[0]
         neutral[seed] = score_embeddings(result.model, z_pos[0], z_pos[1], mean_ali)[0]
         invariance = visual_alignment_invariance(result.model, held, held_rows)
+        shown = "undefined (fewer than 3 held-out positives)" if invariance is None else f"{invariance:.3f}"
         print(f"head {seed}: held-out {json.dumps({k: round(v, 3) for k, v in accuracy[seed].items()})}, "
-              f"vis_ali_invariance {invariance:.3f} ({time.time() - t0:.0f} s)", flush=True)
+              f"vis_ali_invariance {shown} ({time.time() - t0:.0f} s)", flush=True)
 
     print("label-free, held-out positives:")
     for label, scores in (("own z_ali", own), ("z_ali = train mean", neutral)):
