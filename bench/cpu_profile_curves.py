@@ -257,12 +257,13 @@ def main() -> None:
         if agiqa:
             z_agiqa = agiqa_embeddings(model, processor, agiqa, batch)  # once, for every head
             point["agiqa"] = agiqa_point(head.model, z_agiqa, agiqa)
+        invariance = {seed: visual_alignment_invariance(other.model, held_emb, held_rows) for seed, other in heads.items()}
         if qqt_seeds:
             point["qqt_seeds"] = [{"seed": seed, "qqt_heldout_accuracy": other.heldout_accuracies,
-                                   "vis_ali_invariance": visual_alignment_invariance(other.model, held_emb, held_rows),
+                                   "vis_ali_invariance": invariance[seed],
                                    **({"agiqa": agiqa_point(other.model, z_agiqa, agiqa)} if agiqa else {})}
                                   for seed, other in heads.items()]
-        point["vis_ali_invariance"] = visual_alignment_invariance(head.model, held_emb, held_rows)
+        point["vis_ali_invariance"] = invariance[train_seed]
         if args.save_embeddings and step == stages[-1]:
             torch.save({"train": train_emb, "held": held_emb, "train_rows": qqt_rows, "held_rows": held_rows,
                         **({"agiqa_z": z_agiqa, "agiqa_meta": [d for _, d in agiqa]} if agiqa else {}),

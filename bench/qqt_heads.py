@@ -27,7 +27,7 @@ from scipy import stats
 
 from eliq_pipeline.core.profiles import get_profile
 from eliq_pipeline.critic.head.modules import score_embeddings
-from eliq_pipeline.critic.head.ranking import evaluate_ranking, visual_alignment_invariance
+from eliq_pipeline.critic.head.ranking import distinct_positive_index, evaluate_ranking, visual_alignment_invariance
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.evaluation.metrics import correlation_report
@@ -72,10 +72,7 @@ def main() -> None:
     profile = get_profile("cpu")
     hidden = int(train.pos_tec.shape[1])
     pairs = {a: severity_pairs(saved["train_rows"], a) for a in VISUAL_ASPECTS}
-    first: dict[str, int] = {}
-    for i, row in enumerate(held_rows):
-        first.setdefault(row["positive_sha256"], i)
-    idx = torch.tensor(sorted(first.values()))
+    idx = distinct_positive_index(held_rows)
     z_pos = (held.pos_tec[idx], held.pos_aes[idx], held.pos_ali[idx])
     mean_ali = train.pos_ali.mean(0, keepdim=True).expand(len(idx), -1)
     print(f"{len(train)} train tuples, {len(idx)} held-out positives; scorer overrides {overrides}", flush=True)

@@ -77,4 +77,22 @@ def test_invariance_counts_each_positive_once_and_needs_three(data):
     assert visual_alignment_invariance(model, heldout, rows) == pytest.approx(
         visual_alignment_invariance(model, unique, _rows(len(unique))))
     assert visual_alignment_invariance(model, heldout, rows[:4]) is None  # two positives
-    assert -1.0 <= visual_alignment_invariance(model, heldout, _rows(len(heldout))) <= 1.0
+
+
+
+class _FixedHead(torch.nn.Module):
+    """s_vis from z_tec alone (ignores_ali) or from z_ali alone; s_ali from z_ali."""
+
+    def __init__(self, ignores_ali: bool) -> None:
+        super().__init__()
+        self.ignores_ali = ignores_ali
+
+    def forward(self, z_tec, z_aes, z_ali):
+        return (z_tec if self.ignores_ali else z_ali).sum(-1), z_ali.sum(-1)
+
+
+def test_invariance_is_one_when_s_vis_ignores_z_ali_and_low_when_it_is_z_ali(data):
+    _, heldout = data
+    rows = _rows(len(heldout))
+    assert visual_alignment_invariance(_FixedHead(ignores_ali=True), heldout, rows) == pytest.approx(1.0)
+    assert abs(visual_alignment_invariance(_FixedHead(ignores_ali=False), heldout, rows)) < 0.3  # own vs others' z_ali

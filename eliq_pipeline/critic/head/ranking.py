@@ -8,13 +8,13 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
 from eliq_pipeline.critic.head.config import ScorerConfig
 from eliq_pipeline.critic.head.losses import total_ranking_loss
 from eliq_pipeline.critic.head.modules import ELIQScoringHead, score_embeddings
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_order_accuracy
+from eliq_pipeline.evaluation.metrics import srcc
 
 
 _REQUIRED_TUPLE_FIELDS = (
@@ -198,21 +198,26 @@ def severity_order(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequen
     return severity_order_accuracy(rows, {a: negative_visual_scores(model, tuples, a).tolist() for a in VISUAL_ASPECTS})
 
 
-def visual_alignment_invariance(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict],
-                                seed: int = 0) -> float | None:
-    """Spearman correlation of s_vis over the distinct positives of ``rows`` (row i = tuple i, keyed
-    by ``positive_sha256``) scored with their own z_ali and with a seeded shuffle of the others':
-    1.0 when the visual score ignores the alignment token, lower the more it leans on it. Needs no
-    scores from people. None with fewer than three positives."""
+def distinct_positive_index(rows: Sequence[dict]) -> Tensor:
+    """Indices of the first row of every distinct positive (``positive_sha256``) among ``rows``, in
+    order: an era builds several tuples per positive, and a positive should count once."""
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
         first.setdefault(row["positive_sha256"], i)
-    if len(first) < 3:
+    return torch.tensor(sorted(first.values()), dtype=torch.long)
+
+
+def visual_alignment_invariance(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict],
+                                seed: int = 0) -> float | None:
+    """Spearman correlation of s_vis over the distinct positives of ``rows`` (row i = tuple i)
+    scored with their own z_ali and with a seeded shuffle of the others': 1.0 when the visual score
+    ignores the alignment token, lower the more it leans on it. Needs no scores from people. None
+    with fewer than three positives, or when a side is constant (a collapsed head ranks nothing)."""
+    idx = distinct_positive_index(rows)
+    if len(idx) < 3:
         return None
-    idx = torch.tensor(sorted(first.values()))
     shuffled = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
     own = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[idx])[0]
     other = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[shuffled])[0]
-    if np.all(own == own[0]) or np.all(other == other[0]):
-        return None  # a collapsed head has no ranking to compare
-    return float(stats.spearmanr(own, other).statistic)
+    value = srcc(own, other)  # NaN when either side is constant
+    return None if np.isnan(value) else value

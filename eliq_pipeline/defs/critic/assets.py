@@ -157,8 +157,8 @@ def qqt_model(
     Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch),
     `heldout_severity_order_tec|aes` (graded eras: mild negatives scored above strong ones),
     `heldout_vis_ali_invariance` (s_vis of held-out positives with their own vs shuffled alignment
-    tokens, Spearman: 1 when the visual score ignores z_ali) and `final_loss` as numbers; plots of the losses and held-out accuracies per epoch (dotted line:
-    the kept epoch; dashed: chance)."""
+    tokens, Spearman: 1 when the visual score ignores z_ali) and `final_loss` as numbers; plots of
+    the losses and held-out accuracies per epoch (dotted line: the kept epoch; dashed: chance)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
     namespace = embedding_namespace(aspect_embeddings)
