@@ -1,4 +1,4 @@
-"""How much the scoring head's own fit moves its scores (issue 11, attempts M and N in ARCHITECTURE.md):
+"""How much the scoring head's own fit moves its scores (issue 11, attempts M, N and O in ARCHITECTURE.md):
 several QQT heads, seeds 1..N, trained on the same frozen embeddings (``bench/cpu_profile_curves.py
 --save-embeddings``), then compared without any human score:
 
@@ -12,6 +12,8 @@ several QQT heads, seeds 1..N, trained on the same frozen embeddings (``bench/cp
 AGIQA-3K, when the file holds its embeddings, is printed after, as a record: never an input.
 
     .venv/bin/python bench/qqt_heads.py /tmp/point.pt --heads 8 --scorer shuffle_visual_alignment=false
+    .venv/bin/python bench/qqt_heads.py /tmp/point.pt --heads 4 --scorer shuffle_visual_alignment=false \
+        --scorer fixed_visual_alignment=true     # attempt O: s_vis on the train mean z_ali
 """
 
 from __future__ import annotations

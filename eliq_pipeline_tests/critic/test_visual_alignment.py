@@ -1,5 +1,6 @@
-"""ScorerConfig.shuffle_visual_alignment: s_vis trained with other tuples' alignment tokens, and the
-label-free measure of how much a head's s_vis leans on z_ali (visual_alignment_invariance)."""
+"""ScorerConfig.shuffle_visual_alignment (s_vis trained with other tuples' alignment tokens) and
+fixed_visual_alignment (s_vis always reads the train mean z_ali), and the label-free measure of how
+much a head's s_vis leans on z_ali (visual_alignment_invariance)."""
 
 import json
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from eliq_pipeline.critic.head.checkpoints import load_scoring_head, save_scoring_head
 from eliq_pipeline.critic.head.config import ScorerConfig
 from eliq_pipeline.critic.head.modules import ELIQScoringHead
+from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.ranking import score_tuples, visual_alignment_invariance
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline_tests.critic.test_head import synthetic_splits, tiny_cfg
@@ -26,11 +29,17 @@ def _rows(n: int) -> list[dict]:
     return [{"positive_sha256": f"{i:064x}"} for i in range(n)]
 
 
-def test_config_leaves_the_switch_out_at_its_default():
-    assert "shuffle_visual_alignment" not in ScorerConfig().to_dict()  # bundles written before it still verify
-    cfg = tiny_cfg(shuffle_visual_alignment=True)
-    assert cfg.to_dict()["shuffle_visual_alignment"] is True
+@pytest.mark.parametrize("switch", ["shuffle_visual_alignment", "fixed_visual_alignment"])
+def test_config_leaves_the_switch_out_at_its_default(switch):
+    assert switch not in ScorerConfig().to_dict()  # bundles written before it still verify
+    cfg = tiny_cfg(**{switch: True})
+    assert cfg.to_dict()[switch] is True
     assert ScorerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_config_refuses_a_fixed_token_that_is_also_shuffled():
+    with pytest.raises(ValueError, match="exclude each other"):
+        tiny_cfg(shuffle_visual_alignment=True, fixed_visual_alignment=True)
 
 
 def test_visual_rows_take_the_given_alignment_tokens_and_s_ali_keeps_its_own(data):
@@ -96,3 +105,37 @@ def test_invariance_is_one_when_s_vis_ignores_z_ali_and_low_when_it_is_z_ali(dat
     rows = _rows(len(heldout))
     assert visual_alignment_invariance(_FixedHead(ignores_ali=True), heldout, rows) == pytest.approx(1.0)
     assert abs(visual_alignment_invariance(_FixedHead(ignores_ali=False), heldout, rows)) < 0.3  # own vs others' z_ali
+
+
+def test_fixed_token_makes_s_vis_a_function_of_z_vis_alone_and_leaves_s_ali_as_the_paper_head(data):
+    train, _ = data
+    torch.manual_seed(0)
+    fixed = ELIQScoringHead(tiny_cfg(fixed_visual_alignment=True)).eval()
+    fixed.visual_alignment_token.copy_(train.pos_ali[5])
+    paper = ELIQScoringHead(tiny_cfg()).eval()
+    paper.load_state_dict({k: v for k, v in fixed.state_dict().items() if k != "visual_alignment_token"})
+    z_tec, z_aes, z_ali = train.pos_tec[:20], train.pos_aes[:20], train.pos_ali[:20]
+    with torch.no_grad():
+        s_vis, s_ali = fixed(z_tec, z_aes, z_ali)
+        s_vis_other, s_ali_other = fixed(z_tec, z_aes, train.neg_ali[:20])
+        paper_vis, paper_ali = paper(z_tec, z_aes, z_ali)
+        token_vis, _ = paper(z_tec, z_aes, train.pos_ali[5].expand(20, -1))
+    torch.testing.assert_close(s_vis, s_vis_other)  # another z_ali: the same s_vis
+    assert not torch.allclose(s_ali, s_ali_other)  # s_ali does read it
+    torch.testing.assert_close(s_ali, paper_ali)
+    torch.testing.assert_close(s_vis, token_vis)  # s_vis is the paper head's at the fixed token
+    assert not torch.allclose(s_vis, paper_vis)
+
+
+def test_fixed_token_is_the_train_mean_and_travels_with_the_checkpoint(data, tmp_path):
+    train, heldout = data
+    result = train_scoring_head(train, heldout, tiny_cfg(fixed_visual_alignment=True))
+    torch.testing.assert_close(result.model.visual_alignment_token, train.pos_ali.mean(dim=0))
+    assert result.heldout_accuracies["vis_vs_tec"] >= 0.99 and result.heldout_accuracies["ali"] >= 0.99
+    assert visual_alignment_invariance(result.model, heldout, _rows(len(heldout))) == pytest.approx(1.0)
+    loaded, cfg = load_scoring_head(save_scoring_head(result.model, None, tmp_path / "head"))
+    assert cfg.fixed_visual_alignment
+    torch.testing.assert_close(loaded.visual_alignment_token, result.model.visual_alignment_token)
+    z = (heldout.pos_tec, heldout.pos_aes, heldout.pos_ali)
+    for got, want in zip(score_embeddings(loaded, *z), score_embeddings(result.model, *z)):
+        np.testing.assert_allclose(got, want)

@@ -56,6 +56,11 @@ class ScorerConfig:
     # on z_ali across images; how much it does is then a matter of the head's seed, and the between-
     # image ranking with it (ARCHITECTURE.md, "The alignment token in s_vis").
     shuffle_visual_alignment: bool = False
+    # Score s_vis with one fixed alignment token, the mean z_ali(I+, p) of the train tuples (a buffer
+    # set by train_scoring_head, saved with the weights), at training and at inference; s_ali still
+    # reads its own. Not in the paper. Where the shuffle only penalises a dependence on z_ali, this
+    # removes it: s_vis is a function of z_vis alone (ARCHITECTURE.md, attempt O).
+    fixed_visual_alignment: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -77,6 +82,9 @@ class ScorerConfig:
         need(self.lr > 0.0, f"lr must be > 0, got {self.lr}")
         need(self.severity_ranking_weight >= 0.0,
              f"severity_ranking_weight must be >= 0, got {self.severity_ranking_weight}")
+        need(not (self.shuffle_visual_alignment and self.fixed_visual_alignment),
+             "shuffle_visual_alignment and fixed_visual_alignment exclude each other (a fixed token has nothing "
+             "to shuffle)")
         need(
             self.max_steps is None or self.max_steps >= 1,
             f"max_steps must be >= 1 or None, got {self.max_steps}",
@@ -104,7 +112,7 @@ class ScorerConfig:
         """JSON-native values (lists, not tuples), so a dict read back from config.json compares equal."""
         data = asdict(self)
         data["aspects"] = list(self.aspects)
-        for key in ("severity_ranking_weight", "shuffle_visual_alignment"):
+        for key in ("severity_ranking_weight", "shuffle_visual_alignment", "fixed_visual_alignment"):
             if not data[key]:  # absent at its default: bundles written before it still verify
                 del data[key]
         return data

@@ -137,6 +137,9 @@ class ELIQScoringHead(nn.Module):
             )
         else:
             self.scorer = MLPScoreHead(h, config.d_model, config.dropout)
+        if config.fixed_visual_alignment:
+            # the train tuples' mean z_ali, filled in by train_scoring_head; saved with the weights
+            self.register_buffer("visual_alignment_token", torch.zeros(h))
 
     def forward(self, z_tec: Tensor, z_aes: Tensor, z_ali: Tensor) -> tuple[Tensor, Tensor]:
         h = self.config.hidden_size
@@ -150,7 +153,13 @@ class ELIQScoringHead(nn.Module):
             )
         z_vis = self.visual(self.norm_tec(z_tec), self.norm_aes(z_aes))
         z_va = torch.cat([z_vis, self.norm_ali(z_ali)], dim=-1)  # eq. 12
-        return self.scorer(z_va)
+        if not self.config.fixed_visual_alignment:
+            return self.scorer(z_va)
+        # s_vis from [z_vis; fixed token] and s_ali from [z_vis; own z_ali], in one pass of 2b rows
+        b = z_va.shape[0]
+        token = self.norm_ali(self.visual_alignment_token).expand(b, -1)
+        s_vis, s_ali = self.scorer(torch.cat([torch.cat([z_vis, token], dim=-1), z_va]))
+        return s_vis[:b], s_ali[b:]
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         from eliq_pipeline.critic.head.checkpoints import save_scoring_head

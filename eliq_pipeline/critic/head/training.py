@@ -144,6 +144,8 @@ def train_scoring_head(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # init + dropout masks
         model = ELIQScoringHead(cfg)
+        if cfg.fixed_visual_alignment:
+            model.visual_alignment_token.copy_(train.pos_ali.mean(dim=0))
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         order_rng = torch.Generator().manual_seed(cfg.seed)
 
