@@ -14,9 +14,9 @@ TINY_PREFIX = "tiny:"
 TEXT_TO_IMAGE_ARCHS = ("sd", "flux", "sd3")  # diffusers text-to-image pipelines (generators)
 EDITOR_ARCH = "sd-img2img"  # a diffusers image-to-image pipeline (editors)
 BACKBONE_ARCH = "qwen3-vl"  # the MLLM backbone
-# Backbone sizes by name (configs in tiny/backbone.py BACKBONE_SPECS): the toy one, and the one the
-# `cpu` profile trains on 256 px real images.
-BACKBONE_ARCHS = (BACKBONE_ARCH, "qwen3-vl-256")
+# Backbone sizes by name (configs in tiny/backbone.py BACKBONE_SPECS): the toy one, the one the
+# `cpu` profile trains on 256 px real images, and that one with DCT patch filters (attempt P).
+BACKBONE_ARCHS = (BACKBONE_ARCH, "qwen3-vl-256", "qwen3-vl-256-dct")
 
 
 def resolve(ref: str, models_dir: str | Path, init_seed: int = 0) -> str:

@@ -4,7 +4,7 @@ config in code with its own tokenizer and processor, loaded by the production `l
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,10 @@ class TinyBackboneSpec:
     # detectors; a random one barely does, and then cannot see noise or JPEG blocking at all.
     highpass_patch_fraction: float = 0.5
     highpass_gain: float = 4.0
+    # "dct": the patch embedding is instead a fixed 2-D DCT filter bank (same for every seed; the
+    # rest of the network stays random): frequency bands are what blur, downscaling and blocking
+    # change, and a fixed bank takes the patch filters out of the seed's hands.
+    patch_filters: str = "random_highpass"
 
 
 # 256 px real images (the `cpu` profile): one LLM token per 32x32 pixels gives 64 image tokens at
@@ -96,7 +100,8 @@ CPU_256_SPEC = TinyBackboneSpec(
     vision_depth=4, vision_hidden_size=128, vision_intermediate_size=256,
     num_position_embeddings=256, min_pixels=64 * 32 * 32, max_pixels=64 * 32 * 32,
 )
-BACKBONE_SPECS = {"qwen3-vl": TinyBackboneSpec(), "qwen3-vl-256": CPU_256_SPEC}
+BACKBONE_SPECS = {"qwen3-vl": TinyBackboneSpec(), "qwen3-vl-256": CPU_256_SPEC,
+                  "qwen3-vl-256-dct": replace(CPU_256_SPEC, patch_filters="dct")}
 
 
 def _tiny_tokenizer(spec: TinyBackboneSpec) -> Any:
@@ -208,6 +213,46 @@ def _highpass_patch_filters(model: Any, fraction: float, gain: float) -> None:
     weight[:count] = highpass * (gain * weight.std() / highpass.std())
 
 
+def _dct_basis(size: int) -> torch.Tensor:
+    """Orthonormal 1-D DCT-II basis, row k = frequency k: [size, size]."""
+    n = torch.arange(size, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size))
+    basis[0] /= 2**0.5
+    return basis * (2 / size) ** 0.5
+
+
+# luminance and two opponent-colour directions in RGB, and how many DCT filters each gets
+_DCT_COLOUR_SPLIT = ((torch.tensor([1.0, 1.0, 1.0]) / 3**0.5, 0.75),
+                     (torch.tensor([1.0, -1.0, 0.0]) / 2**0.5, 0.125),
+                     (torch.tensor([1.0, 1.0, -2.0]) / 6**0.5, 0.125))
+
+
+@torch.no_grad()
+def _dct_patch_filters(model: Any, spec: TinyBackboneSpec) -> None:
+    """Set every patch-embedding filter to a 2-D DCT basis function of one colour direction: the
+    lowest frequencies (by u + v) of luminance (3/4 of the filters) and of two opponent colours,
+    each scaled by 1 + its radial frequency so that natural images' 1/f spectrum reaches the
+    network whitened (fine detail as loud as coarse), the overall scale the one the random +
+    high-pass init has on average (not the seed's draw, so the bank is the same for every seed).
+    Same on both frames of a temporal patch (an image is one repeated frame)."""
+    weight = model.model.visual.patch_embed.proj.weight  # [out, channels, time, patch, patch]
+    out, channels, frames, patch, _ = weight.shape
+    basis = _dct_basis(patch)
+    order = sorted(((u, v) for u in range(patch) for v in range(patch)), key=lambda uv: (uv[0] + uv[1], uv[0]))
+    counts = [int(out * share) for _, share in _DCT_COLOUR_SPLIT]
+    counts[0] += out - sum(counts)
+    filters = []
+    for (colour, _), count in zip(_DCT_COLOUR_SPLIT, counts):
+        for u, v in order[:count]:
+            spatial = torch.outer(basis[u], basis[v]) * (1 + (u * u + v * v) ** 0.5)
+            filters.append(colour.double()[:, None, None, None] * spatial[None, None] / frames**0.5)
+    bank = torch.stack(filters).expand(out, channels, frames, patch, patch)
+    f, gain = spec.highpass_patch_fraction, spec.highpass_gain
+    scale = model.config.vision_config.initializer_range * (1 - f + f * gain**2) ** 0.5
+    weight.copy_((bank * (scale / bank.std())).to(weight.dtype))
+    model.model.visual.patch_embed.proj.bias.zero_()
+
+
 def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | None = None) -> Path:
     """Write a randomly initialised toy Qwen3-VL (model, tokenizer, processor) to ``out_dir``.
 
@@ -223,7 +268,10 @@ def build_tiny_backbone(out_dir: Path, seed: int = 0, spec: TinyBackboneSpec | N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3VLForConditionalGeneration(config)
-        _highpass_patch_filters(model, spec.highpass_patch_fraction, spec.highpass_gain)
+        if spec.patch_filters == "dct":
+            _dct_patch_filters(model, spec)
+        else:
+            _highpass_patch_filters(model, spec.highpass_patch_fraction, spec.highpass_gain)
     model.eval()
     processor = make_processor(_tiny_image_processor(spec), tokenizer, TINY_CHAT_TEMPLATE)
 

@@ -64,3 +64,24 @@ def test_the_cpu_profile_backbone_sees_every_image_at_256_px(tmp_path: Path) -> 
     for size, tokens in (((256, 256), 64), ((1024, 1024), 64), ((1024, 768), 54)):
         grid = processor.image_processor(images=[Image.new("RGB", size)], return_tensors="pt")["image_grid_thw"]
         assert int(grid.prod()) // 4 == tokens, (size, grid)
+
+
+def test_the_dct_backbone_has_one_fixed_orthogonal_filter_bank_for_every_seed(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    key = "model.visual.patch_embed.proj.weight"
+    weights = {seed: load_file(str(Path(tiny.resolve("tiny:qwen3-vl-256-dct", tmp_path, init_seed=seed)) /
+                                   "model.safetensors")) for seed in (0, 1)}
+    bank = weights[0][key]
+    torch.testing.assert_close(weights[1][key], bank)  # not the seed's
+    assert not torch.equal(weights[0]["model.visual.blocks.0.mlp.linear_fc1.weight"],
+                           weights[1]["model.visual.blocks.0.mlp.linear_fc1.weight"])  # the rest is
+    flat = bank.flatten(1).double()
+    gram = flat @ flat.T
+    off_diagonal = gram - torch.diag(torch.diag(gram))
+    assert off_diagonal.abs().max() < 1e-4 * torch.diag(gram).min()  # distinct DCT functions / colours
+    # the luminance DC filter averages the patch; the next one is a horizontal or vertical ramp
+    assert torch.allclose(bank[0], bank[0].mean().expand_as(bank[0]), atol=1e-6)
+    random = load_file(str(Path(tiny.resolve("tiny:qwen3-vl-256", tmp_path)) / "model.safetensors"))[key]
+    assert bank.std() == pytest.approx(float(random.std()), rel=0.2)
