@@ -455,3 +455,21 @@ def test_visual_score_does_not_depend_on_the_prompt(scorer: ELIQScorer) -> None:
     conditioned = scorer.score(batch, prompts, visual_from_prompt=True)
     assert [s.s_vis for s in conditioned] == pytest.approx(joint_vis.tolist(), abs=1e-5)
     assert [s.s_vis for s in conditioned] != pytest.approx([s.s_vis for s in without], abs=1e-4)
+
+
+def test_a_head_with_a_fixed_alignment_token_travels_in_a_bundle(parts: TinyParts, tmp_path: Path) -> None:
+    """ScorerConfig.fixed_visual_alignment: the token is part of the head's weights, so a bundle
+    scores as the parts did, and s_vis is then the same whichever alignment token the row has."""
+    cfg = ScorerConfig(hidden_size=64, d_model=32, depth=1, heads=2, ff_dim=64, fixed_visual_alignment=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        head = ELIQScoringHead(cfg)
+        head.visual_alignment_token.copy_(torch.randn(64))
+    scorer = ELIQScorer.from_parts(parts.adapter, save_scoring_head(head, cfg, tmp_path / "head"))
+    batch = images([(96, 64), (64, 96), (80, 80)], seed=5)
+    prompts = ["a red bicycle", "a bowl of ramen", None]
+    expected = scorer.score(batch, prompts)
+    loaded = ELIQScorer.from_pretrained(scorer.save_pretrained(tmp_path / "critic"))
+    assert loaded.score(batch, prompts) == expected
+    conditioned = loaded.score(batch, prompts, visual_from_prompt=True)
+    assert [s.s_vis for s in conditioned] == pytest.approx([s.s_vis for s in expected], abs=1e-5)
