@@ -56,6 +56,9 @@ _TINY_CORPUS_WORDS = (
 )
 
 
+PATCH_FILTERS = ("random_highpass", "dct")
+
+
 @dataclass(frozen=True)
 class TinyBackboneSpec:
     """Toy Qwen3-VL sizes: real architecture, a few hundred thousand weights, CPU-fast."""
@@ -88,6 +91,10 @@ class TinyBackboneSpec:
     # rest of the network stays random): frequency bands are what blur, downscaling and blocking
     # change, and a fixed bank takes the patch filters out of the seed's hands.
     patch_filters: str = "random_highpass"
+
+    def __post_init__(self) -> None:
+        if self.patch_filters not in PATCH_FILTERS:
+            raise ValueError(f"TinyBackboneSpec.patch_filters must be one of {PATCH_FILTERS}, got {self.patch_filters!r}")
 
 
 # 256 px real images (the `cpu` profile): one LLM token per 32x32 pixels gives 64 image tokens at

@@ -85,3 +85,10 @@ def test_the_dct_backbone_has_one_fixed_orthogonal_filter_bank_for_every_seed(tm
     assert torch.allclose(bank[0], bank[0].mean().expand_as(bank[0]), atol=1e-6)
     random = load_file(str(Path(tiny.resolve("tiny:qwen3-vl-256", tmp_path)) / "model.safetensors"))[key]
     assert bank.std() == pytest.approx(float(random.std()), rel=0.2)
+
+
+def test_an_unknown_patch_filter_bank_is_refused() -> None:
+    from eliq_pipeline.tiny.backbone import TinyBackboneSpec
+
+    with pytest.raises(ValueError, match="patch_filters must be one of .*'dtc'"):
+        TinyBackboneSpec(patch_filters="dtc")
