@@ -25,14 +25,13 @@ import time
 
 import numpy as np
 import torch
-from scipy import stats
 
 from eliq_pipeline.core.profiles import get_profile
 from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.ranking import distinct_positive_index, evaluate_ranking, visual_alignment_invariance
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
-from eliq_pipeline.evaluation.metrics import correlation_report
+from eliq_pipeline.evaluation.metrics import correlation_report, srcc
 
 
 class MeanOfHeads(torch.nn.Module):
@@ -47,13 +46,9 @@ class MeanOfHeads(torch.nn.Module):
         return tuple(torch.stack([o[i] for o in outs]).mean(0) for i in (0, 1))
 
 
-def rho(a: np.ndarray, b: np.ndarray) -> float:
-    return float(stats.spearmanr(a, b).statistic)
-
-
 def agreement(scores: dict[int, np.ndarray]) -> tuple[float, dict[int, float]]:
     """Mean pairwise Spearman, overall and per head."""
-    pairs = {k: rho(scores[k[0]], scores[k[1]]) for k in itertools.combinations(scores, 2)}
+    pairs = {k: srcc(scores[k[0]], scores[k[1]]) for k in itertools.combinations(scores, 2)}
     per_head = {s: float(np.mean([v for k, v in pairs.items() if s in k])) for s in scores}
     return float(np.mean(list(pairs.values()))), per_head
 
@@ -76,7 +71,8 @@ def main() -> None:
     pairs = {a: severity_pairs(saved["train_rows"], a) for a in VISUAL_ASPECTS}
     idx = distinct_positive_index(held_rows)
     z_pos = (held.pos_tec[idx], held.pos_aes[idx], held.pos_ali[idx])
-    mean_ali = train.pos_ali.mean(0, keepdim=True).expand(len(idx), -1)
+    train_mean_ali = train.pos_ali.mean(0, keepdim=True)
+    mean_ali = train_mean_ali.expand(len(idx), -1)
     print(f"{len(train)} train tuples, {len(idx)} held-out positives; scorer overrides {overrides}", flush=True)
 
     heads, own, neutral, accuracy = {}, {}, {}, {}
@@ -99,7 +95,7 @@ def main() -> None:
     halves = list(heads)[: args.heads // 2], list(heads)[args.heads // 2:]
     ensembles = [MeanOfHeads([heads[s] for s in half]).eval() for half in halves]
     print(f"  mean of heads {halves[0]} vs of {halves[1]}: "
-          f"{rho(*(score_embeddings(e, *z_pos)[0] for e in ensembles)):.3f}")
+          f"{srcc(*(score_embeddings(e, *z_pos)[0] for e in ensembles)):.3f}")
     cfg = profile.scorer_config(hidden_size=hidden, **overrides)
     for half, ensemble in zip(halves, ensembles):
         acc = evaluate_ranking(ensemble, held, cfg)[0]
@@ -110,7 +106,7 @@ def main() -> None:
     if "agiqa_z" in saved:
         print("AGIQA-3K visual SRCC (read after; never an input):", flush=True)
         z, mos = saved["agiqa_z"], [float(m["mos_quality"]) for m in saved["agiqa_meta"]]
-        z_mean = train.pos_ali.mean(0, keepdim=True).expand(z.shape[0], -1)
+        z_mean = train_mean_ali.expand(z.shape[0], -1)
         fmt = lambda r: f"{r['srcc']:.3f} [{r['srcc_ci_low']:.3f}, {r['srcc_ci_high']:.3f}]"  # noqa: E731
         for seed, head in heads.items():
             mine = correlation_report(score_embeddings(head, z[:, 0], z[:, 1], z[:, 2])[0], mos)

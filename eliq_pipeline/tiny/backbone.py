@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.fft
 import torch
 
 from eliq_pipeline.core.atomic import staged_dir
@@ -220,14 +222,6 @@ def _highpass_patch_filters(model: Any, fraction: float, gain: float) -> None:
     weight[:count] = highpass * (gain * weight.std() / highpass.std())
 
 
-def _dct_basis(size: int) -> torch.Tensor:
-    """Orthonormal 1-D DCT-II basis, row k = frequency k: [size, size]."""
-    n = torch.arange(size, dtype=torch.float64)
-    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size))
-    basis[0] /= 2**0.5
-    return basis * (2 / size) ** 0.5
-
-
 # luminance and two opponent-colour directions in RGB, and how many DCT filters each gets
 _DCT_COLOUR_SPLIT = ((torch.tensor([1.0, 1.0, 1.0]) / 3**0.5, 0.75),
                      (torch.tensor([1.0, -1.0, 0.0]) / 2**0.5, 0.125),
@@ -244,7 +238,8 @@ def _dct_patch_filters(model: Any, spec: TinyBackboneSpec) -> None:
     Same on both frames of a temporal patch (an image is one repeated frame)."""
     weight = model.model.visual.patch_embed.proj.weight  # [out, channels, time, patch, patch]
     out, channels, frames, patch, _ = weight.shape
-    basis = _dct_basis(patch)
+    # orthonormal 1-D DCT-II basis, row k = frequency k (the transform of the identity)
+    basis = torch.from_numpy(scipy.fft.dct(np.eye(patch), norm="ortho", axis=0))
     order = sorted(((u, v) for u in range(patch) for v in range(patch)), key=lambda uv: (uv[0] + uv[1], uv[0]))
     counts = [int(out * share) for _, share in _DCT_COLOUR_SPLIT]
     counts[0] += out - sum(counts)
