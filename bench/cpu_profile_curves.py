@@ -27,7 +27,7 @@ import csv
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from eliq_pipeline.core.atomic import write_bytes, write_text
 from eliq_pipeline.core.profiles import get_profile
 from eliq_pipeline.core.storage import LocalArtifactStore
 from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.backbone import backbone_fingerprint
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
@@ -46,8 +47,9 @@ from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import SFTExample, label_probabilities, pseudo_label_examples, tune_backbone
 from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
+from eliq_pipeline.critic.vision_pretraining import MaskedImageModelingConfig, pretrain_vision_tower
 from eliq_pipeline.evaluation.metrics import correlation_report
-from eliq_pipeline.supervision.image_cache import get_image, put_image
+from eliq_pipeline.supervision.image_cache import get_image, put_image, stable_hash
 from eliq_pipeline.supervision.negatives import build_negatives
 from eliq_pipeline.supervision.prompts import prompt_id_for, prompts_from_import
 from eliq_pipeline.supervision.tuples import build_tuples, seeded_subset
@@ -182,6 +184,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0,
                     help="training seed S: random backbone init S, SFT and QQT seed ERA_SEED + S; the supervision "
                          "(negatives, split, tuples) stays the era's. 0 is the profile's own run")
+    ap.add_argument("--mim-steps", type=int, default=0,
+                    help="pretrain the vision tower by masked image modelling on the train split's positives for "
+                         "this many steps before the SFT (critic/vision_pretraining.py; attempt Q); 0: off")
+    ap.add_argument("--mim", action="append", default=[], metavar="KEY=JSON",
+                    help="override a MaskedImageModelingConfig setting, e.g. mask_ratio=0.5")
     ap.add_argument("--work", default="/tmp/eliq-cpu-curves")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
@@ -229,6 +236,22 @@ def main() -> None:
                  for d in list(csv.DictReader(open(root / "data.csv", encoding="utf-8")))[::args.agiqa_stride]]
     base = tiny.resolve(profile.backbone, work / "models", init_seed=args.seed)
     train_seed = ERA_SEED + args.seed
+    mim_report = None
+    if args.mim_steps:
+        mim_cfg = MaskedImageModelingConfig(steps=args.mim_steps, seed=train_seed,
+                                            **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mim)})
+        mim_dir = work / f"mim-{backbone_fingerprint(base)[:12]}-{stable_hash(asdict(mim_cfg), length=12)}"
+        if not mim_dir.is_dir():  # the positives of each split, each image once
+            train_pos = {r["positive_sha256"]: None for r in train_rows}
+            held_pos = list({r["positive_sha256"]: None for r in held_rows})[:64]
+            t1 = time.time()
+            mim = pretrain_vision_tower(base, [load(sha) for sha in train_pos], [load(sha) for sha in held_pos],
+                                        mim_cfg, mim_dir)
+            mim_report = {"config": asdict(mim_cfg), "heldout_l1": mim.heldout_l1,
+                          "heldout_l1_zero": mim.heldout_l1_zero, "seconds": round(time.time() - t1, 1)}
+            print(f"masked image modelling: {json.dumps(mim_report)}", flush=True)
+        mim_report = mim_report or json.loads((mim_dir / "eliq_vision_pretraining.json").read_text())
+        base = str(mim_dir)
     qqt_seeds = [int(seed) for seed in args.qqt_seeds.split(",") if seed]
     own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
     points: list[dict] = []
@@ -284,7 +307,7 @@ def main() -> None:
             line["agiqa_vis_srcc_by_qqt_seed"] = {p["seed"]: round(p["agiqa"]["visual"]["srcc"], 3)
                                                   for p in point["qqt_seeds"]}
         print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
-        report = {"args": vars(args), "profile_overrides": profile_overrides, "sft_overrides": overrides,
+        report = {"args": vars(args), "masked_image_modelling": mim_report, "profile_overrides": profile_overrides, "sft_overrides": overrides,
                   "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
                   "heldout_tuples": len(held_rows), "qqt_train_tuples": len(qqt_rows), "points": points,
                   "loss_curve": [round(x, 4) for x in result.loss_curve]}
@@ -292,7 +315,8 @@ def main() -> None:
             write_text(args.out, json.dumps(report, indent=1, default=float))
         if args.plot:
             changed = {**profile_overrides, **overrides, **{f"qqt.{k}": v for k, v in scorer_overrides.items()},
-                       **({"seed": args.seed} if args.seed else {})}
+                       **({"seed": args.seed} if args.seed else {}),
+                       **({"mim_steps": args.mim_steps} if args.mim_steps else {})}
             title = f"cpu profile{' + ' + json.dumps(changed) if changed else ''}: curves of one run"
             write_bytes(args.plot, plot(points, result.loss_curve, title))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
