@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from eliq_pipeline.critic.backbone import load_backbone
 from eliq_pipeline.core.atomic import staged_dir
 
-TRAINED_MODULES = ("patch_embed", "pos_embed", "blocks")  # of model.model.visual
+TRAINABLE_MODULES = ("patch_embed", "pos_embed", "blocks")  # of model.model.visual
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,15 @@ class MaskedImageModelingConfig:
     mask_ratio: float = 0.6  # of each image's merge groups
     seed: int = 0
     heldout_every: int = 250  # steps between held-out masked-L1 measurements
+    # which of the tower's TRAINABLE_MODULES learn; the others (and the merger, the LLM) stay as built
+    trained_modules: tuple[str, ...] = TRAINABLE_MODULES
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "trained_modules", tuple(self.trained_modules))  # JSON gives a list
+        unknown = set(self.trained_modules) - set(TRAINABLE_MODULES)
+        if unknown or not self.trained_modules:
+            raise ValueError(f"MaskedImageModelingConfig.trained_modules must be a non-empty subset of "
+                             f"{TRAINABLE_MODULES}, got {self.trained_modules}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"MaskedImageModelingConfig.mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.steps < 1 or self.batch_size < 1:
@@ -134,7 +141,7 @@ def pretrain_vision_tower(
     output_dir: str | Path,
     log_every: int = 100,
 ) -> MaskedImageModelingResult:
-    """Pretrain ``backbone``'s vision tower (patch embedding, position grid, blocks) on ``images`` and
+    """Pretrain ``backbone``'s vision tower (``cfg.trained_modules``) on ``images`` and
     write the whole backbone, the rest unchanged, to ``output_dir`` (atomically: a killed run
     leaves no directory, and the next run starts over). ``heldout_images`` (none of ``images``)
     measure the masked L1 under one fixed mask; the LLM never runs."""
@@ -144,7 +151,7 @@ def pretrain_vision_tower(
     model, processor = load_backbone(str(backbone))
     visual = model.model.visual
     for name, param in model.named_parameters():
-        param.requires_grad = name.startswith("model.visual.") and name.split(".")[2] in TRAINED_MODULES
+        param.requires_grad = name.startswith("model.visual.") and name.split(".")[2] in cfg.trained_modules
     config = visual.config
     tower = _MaskedTower(visual, config.in_channels * config.patch_size**2)
     merge = config.spatial_merge_size

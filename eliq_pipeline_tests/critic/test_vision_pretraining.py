@@ -51,9 +51,12 @@ def test_mask_hides_whole_merge_groups_at_the_ratio_per_image() -> None:
     assert torch.equal(mask, again)
 
 
-def test_config_refuses_a_ratio_outside_zero_one() -> None:
+def test_config_refuses_a_ratio_outside_zero_one_and_unknown_modules() -> None:
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskedImageModelingConfig(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="trained_modules"):
+        MaskedImageModelingConfig(trained_modules=["blocks", "merger"])
+    assert MaskedImageModelingConfig(trained_modules=["blocks"]).trained_modules == ("blocks",)
 
 
 def test_masked_patches_do_not_reach_the_tower(base: Path) -> None:
@@ -75,6 +78,13 @@ def test_masked_patches_do_not_reach_the_tower(base: Path) -> None:
     assert not torch.allclose(hidden, unmasked, atol=1e-3)  # without the mask the pixels do reach it
 
 
+def _changed(before_dir: Path, after_dir: Path) -> set[str]:
+    before, _ = load_backbone(str(before_dir))
+    after, _ = load_backbone(str(after_dir))
+    after_state = after.state_dict()
+    return {name for name, weight in before.state_dict().items() if not torch.equal(weight, after_state[name])}
+
+
 def test_pretraining_learns_and_changes_only_the_vision_tower(base: Path, tmp_path: Path) -> None:
     cfg = MaskedImageModelingConfig(steps=80, batch_size=4, learning_rate=3e-3, warmup_steps=5, heldout_every=40)
     result = pretrain_vision_tower(base, _gradients(12, seed=1), _gradients(4, seed=2), cfg, tmp_path / "mim",
@@ -84,11 +94,18 @@ def test_pretraining_learns_and_changes_only_the_vision_tower(base: Path, tmp_pa
     # held-out masked pixels predicted much better than by the random tower or the mean pixel
     # (measured: 0.725 -> 0.359, mean pixel 0.722)
     assert l1[-1] < 0.6 * l1[0] and l1[-1] < 0.6 * result.heldout_l1_zero
-    before, _ = load_backbone(str(base))
-    after, _ = load_backbone(str(tmp_path / "mim"))
-    after_state = after.state_dict()
-    changed = {name for name, weight in before.state_dict().items() if not torch.equal(weight, after_state[name])}
+    changed = _changed(base, tmp_path / "mim")
     assert changed and all(name.startswith(("model.visual.patch_embed.", "model.visual.pos_embed.",
                                             "model.visual.blocks.")) for name in changed)
     assert any(name.startswith("model.visual.blocks.") for name in changed)
     assert (tmp_path / "mim" / "eliq_vision_pretraining.json").is_file()
+
+
+def test_a_module_left_out_of_trained_modules_stays_as_built(base: Path, tmp_path: Path) -> None:
+    """A fixed patch filter bank (tiny:qwen3-vl-256-dct) can stay fixed while the blocks learn."""
+    cfg = MaskedImageModelingConfig(steps=3, batch_size=2, warmup_steps=1, trained_modules=("pos_embed", "blocks"))
+    pretrain_vision_tower(base, _gradients(4, seed=1), _gradients(2, seed=2), cfg, tmp_path / "mim", log_every=0)
+    changed = _changed(base, tmp_path / "mim")
+    assert not any(name.startswith("model.visual.patch_embed.") for name in changed)
+    assert any(name.startswith("model.visual.blocks.") for name in changed)
+    assert any(name.startswith("model.visual.pos_embed.") for name in changed)
