@@ -240,7 +240,7 @@ def main() -> None:
     if args.mim_steps:
         mim_cfg = MaskedImageModelingConfig(steps=args.mim_steps, seed=train_seed,
                                             **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mim)})
-        mim_dir = work / f"mim-{backbone_fingerprint(base)[:12]}-{stable_hash(asdict(mim_cfg), length=12)}"
+        mim_dir = work / f"mim-{backbone_fingerprint(base).split(':')[-1][:12]}-{stable_hash(asdict(mim_cfg), length=12)}"
         if not mim_dir.is_dir():  # the positives of each split, each image once
             train_pos = {r["positive_sha256"]: None for r in train_rows}
             held_pos = list({r["positive_sha256"]: None for r in held_rows})[:64]

@@ -9,7 +9,7 @@ position grid, while Qwen3-VL's tower takes flattened patches with a grid per im
 within each image through ``cu_seqlens``. Masking here is a learned token swapped in for the
 masked patches' embeddings (a forward hook on ``patch_embed``), whole spatial-merge groups at a time
 (32x32 px at the cpu profile's sizes, one LLM image token each), and a linear head predicts the
-masked patches' pixels (L1, as SimMIM).
+masked patches' pixels (L1, as SimMIM) or their embedding under fixed patch filters.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from eliq_pipeline.critic.backbone import load_backbone
 from eliq_pipeline.core.atomic import staged_dir
 
 TRAINABLE_MODULES = ("patch_embed", "pos_embed", "blocks")  # of model.model.visual
+TARGETS = ("pixels", "patch_embedding")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class MaskedImageModelingConfig:
     heldout_every: int = 250  # steps between held-out masked-L1 measurements
     # which of the tower's TRAINABLE_MODULES learn; the others (and the merger, the LLM) stay as built
     trained_modules: tuple[str, ...] = TRAINABLE_MODULES
+    # what a masked patch's prediction is compared with: "pixels" (SimMIM; the L1 is dominated by
+    # the low frequencies, where most of an image's energy is) or "patch_embedding", the patch's
+    # embedding under the fixed patch filters, e.g. tiny:qwen3-vl-256-dct's whitened DCT bank, where
+    # fine detail weighs as much as coarse (scaled by the held-out targets' std)
+    target: str = "pixels"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trained_modules", tuple(self.trained_modules))  # JSON gives a list
@@ -49,6 +55,12 @@ class MaskedImageModelingConfig:
         if unknown or not self.trained_modules:
             raise ValueError(f"MaskedImageModelingConfig.trained_modules must be a non-empty subset of "
                              f"{TRAINABLE_MODULES}, got {self.trained_modules}")
+        if self.target not in TARGETS:
+            raise ValueError(f"MaskedImageModelingConfig.target must be one of {TARGETS}, got {self.target!r}")
+        if self.target == "patch_embedding" and "patch_embed" in self.trained_modules:
+            # a target the model itself moves can be met by collapsing it
+            raise ValueError("MaskedImageModelingConfig: target 'patch_embedding' needs the patch embedding "
+                             "fixed; leave 'patch_embed' out of trained_modules")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"MaskedImageModelingConfig.mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.steps < 1 or self.batch_size < 1:
@@ -62,7 +74,7 @@ class MaskedImageModelingResult:
     loss_curve: list[float]
     # (step, mean masked L1 on the held-out images under one fixed mask); step 0 is the random tower
     heldout_l1: list[tuple[int, float]] = field(default_factory=list)
-    heldout_l1_zero: float = float("nan")  # the same L1 of predicting 0 (the processor's mean pixel)
+    heldout_l1_zero: float = float("nan")  # the same L1 of predicting 0 (pixels: the processor's mean pixel)
     seconds: float = 0.0
 
 
@@ -81,13 +93,17 @@ def merge_group_mask(grid_thw: torch.Tensor, merge: int, ratio: float, generator
 class _MaskedTower(torch.nn.Module):
     """The vision tower with a learned mask token and a linear pixel head."""
 
-    def __init__(self, visual: Any, patch_pixels: int) -> None:
+    def __init__(self, visual: Any, target: str = "pixels") -> None:
         super().__init__()
         self.visual = visual
-        hidden = visual.config.hidden_size
+        config = visual.config
+        hidden = config.hidden_size
         self.mask_token = torch.nn.Parameter(torch.zeros(hidden))
-        torch.nn.init.normal_(self.mask_token, std=visual.config.initializer_range)
-        self.pixel_head = torch.nn.Linear(hidden, patch_pixels)
+        torch.nn.init.normal_(self.mask_token, std=config.initializer_range)
+        self.target = target
+        self.target_scale = 1.0  # "patch_embedding": set from held-out targets before training
+        width = config.in_channels * config.patch_size**2 if target == "pixels" else hidden
+        self.prediction_head = torch.nn.Linear(hidden, width)
         self._mask: torch.Tensor | None = None
         visual.patch_embed.register_forward_hook(self._swap_in_mask_token)
 
@@ -96,15 +112,22 @@ class _MaskedTower(torch.nn.Module):
             return output
         return torch.where(self._mask[:, None], self.mask_token.to(output.dtype), output)
 
+    def targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What each patch's prediction is compared with (unmasked, no gradient)."""
+        if self.target == "pixels":
+            return _first_frame(pixel_values, self.visual.config)
+        with torch.no_grad():
+            return self.visual.patch_embed(pixel_values) / self.target_scale
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean L1 between predicted and true pixels of the masked patches (first frame)."""
+        """Mean L1 between the masked patches' predictions and their targets."""
+        target = self.targets(pixel_values)[mask]
         self._mask = mask
         try:
             hidden = self.visual(pixel_values, grid_thw=grid_thw).last_hidden_state
         finally:
             self._mask = None
-        target = _first_frame(pixel_values, self.visual.config)
-        return (self.pixel_head(hidden[mask]) - target[mask]).abs().mean()
+        return (self.prediction_head(hidden[mask]) - target).abs().mean()
 
 
 def _first_frame(pixel_values: torch.Tensor, config: Any) -> torch.Tensor:
@@ -153,7 +176,7 @@ def pretrain_vision_tower(
     for name, param in model.named_parameters():
         param.requires_grad = name.startswith("model.visual.") and name.split(".")[2] in cfg.trained_modules
     config = visual.config
-    tower = _MaskedTower(visual, config.in_channels * config.patch_size**2)
+    tower = _MaskedTower(visual, cfg.target)
     merge = config.spatial_merge_size
     generator = torch.Generator().manual_seed(cfg.seed)
     held_generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -161,11 +184,13 @@ def pretrain_vision_tower(
     for start in range(0, len(heldout_images), cfg.batch_size):
         pixels, grid = _pixels(processor, heldout_images[start:start + cfg.batch_size])
         held.append((pixels, grid, merge_group_mask(grid, merge, cfg.mask_ratio, held_generator)))
+    if cfg.target == "patch_embedding":  # one fixed scale, so the loss reads alike across backbones
+        tower.target_scale = float(torch.cat([tower.targets(p) for p, _, _ in held]).std())
     params = [p for p in tower.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
     result = MaskedImageModelingResult(Path(output_dir), [])
-    result.heldout_l1_zero = sum(float(_first_frame(p, config)[m].abs().mean()) for p, _, m in held) / len(held)
+    result.heldout_l1_zero = sum(float(tower.targets(p)[m].abs().mean()) for p, _, m in held) / len(held)
     result.heldout_l1.append((0, _heldout_l1(tower, held)))
     tower.train()
     order: list[int] = []
