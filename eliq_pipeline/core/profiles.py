@@ -128,8 +128,9 @@ CPU = Profile(
     tuples_per_positive=2,
     sft={
         # The random vision blocks stay frozen (their high-pass patch filters already see blur and
-        # blocking; trained at 3e-3 they collapse: loss pinned at ln 2); the merger, lm_head and
-        # LLM LoRA learn.
+        # blocking; trained at 3e-3 they collapse: loss pinned at ln 2; pretrained label-free by
+        # masked image modelling, attempts Q-S, they lift aes but leave the SFT at ln 2 on some
+        # seed); the merger, lm_head and LLM LoRA learn.
         "modules_to_save": ("visual.merger", "lm_head"),
         "learning_rate": 3e-3, "warmup_steps": 20, "lora_rank": 16, "lora_alpha": 32,
         "max_steps": 2500, "batch_size": 12, "checkpoint_every": 250,
