@@ -91,7 +91,8 @@ def merge_group_mask(grid_thw: torch.Tensor, merge: int, ratio: float, generator
 
 
 class _MaskedTower(torch.nn.Module):
-    """The vision tower with a learned mask token and a linear pixel head."""
+    """The vision tower with a learned mask token and a linear prediction head; ``remove()`` takes
+    the mask hook off the tower again."""
 
     def __init__(self, visual: Any, target: str = "pixels") -> None:
         super().__init__()
@@ -105,7 +106,10 @@ class _MaskedTower(torch.nn.Module):
         width = config.in_channels * config.patch_size**2 if target == "pixels" else hidden
         self.prediction_head = torch.nn.Linear(hidden, width)
         self._mask: torch.Tensor | None = None
-        visual.patch_embed.register_forward_hook(self._swap_in_mask_token)
+        self._hook = visual.patch_embed.register_forward_hook(self._swap_in_mask_token)
+
+    def remove(self) -> None:
+        self._hook.remove()
 
     def _swap_in_mask_token(self, _module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if self._mask is None:
@@ -213,6 +217,7 @@ def pretrain_vision_tower(
         if log_every and (step + 1) % log_every == 0:
             print(f"mim step {step + 1}: loss {sum(result.loss_curve[-log_every:]) / log_every:.4f}"
                   f" held-out {result.heldout_l1[-1]} ({time.time() - t0:.0f} s)", flush=True)
+    tower.remove()
     model.eval()
     with staged_dir(output_dir) as staging:
         model.save_pretrained(staging)

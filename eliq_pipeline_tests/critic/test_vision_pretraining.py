@@ -80,6 +80,10 @@ def test_masked_patches_do_not_reach_the_tower(base: Path) -> None:
         unmasked = tower.visual(changed, grid_thw=grid).last_hidden_state
     assert torch.allclose(hidden, hidden_changed, atol=1e-6)
     assert not torch.allclose(hidden, unmasked, atol=1e-3)  # without the mask the pixels do reach it
+    tower.remove()  # the tower as built again: a mask left set no longer applies
+    tower._mask = mask
+    with torch.no_grad():
+        assert torch.equal(tower.visual(changed, grid_thw=grid).last_hidden_state, unmasked)
 
 
 def _changed(before_dir: Path, after_dir: Path) -> set[str]:
