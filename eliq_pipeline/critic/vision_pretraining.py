@@ -180,7 +180,9 @@ def pretrain_vision_tower(
     for name, param in model.named_parameters():
         param.requires_grad = name.startswith("model.visual.") and name.split(".")[2] in cfg.trained_modules
     config = visual.config
-    tower = _MaskedTower(visual, cfg.target)
+    with torch.random.fork_rng(devices=[]):  # mask token and head from cfg.seed, the caller's RNG untouched
+        torch.manual_seed(cfg.seed)
+        tower = _MaskedTower(visual, cfg.target)
     merge = config.spatial_merge_size
     generator = torch.Generator().manual_seed(cfg.seed)
     held_generator = torch.Generator().manual_seed(cfg.seed + 1)

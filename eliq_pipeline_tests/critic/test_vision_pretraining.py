@@ -127,3 +127,19 @@ def test_patch_embedding_target_is_learned_with_the_filters_fixed(base: Path, tm
     (_, start), (_, end) = result.heldout_l1
     assert end < 0.6 * start and end < 0.6 * result.heldout_l1_zero  # measured: 0.573 -> 0.266, zero: 0.559
     assert not any(name.startswith("model.visual.patch_embed.") for name in _changed(base, tmp_path / "mim"))
+
+
+def test_a_seed_gives_the_same_pretrained_tower_and_leaves_the_callers_rng_alone(base: Path, tmp_path: Path) -> None:
+    """The mask token and prediction head are drawn from cfg.seed, not from whatever the global RNG
+    holds (the bench caches a pretrained tower by its config)."""
+    cfg = MaskedImageModelingConfig(steps=3, batch_size=2, warmup_steps=1)
+    runs = []
+    for name in ("a", "b"):
+        torch.rand(7)  # a caller that used the global RNG in between
+        state = torch.random.get_rng_state()
+        result = pretrain_vision_tower(base, _gradients(4, seed=1), _gradients(2, seed=2), cfg, tmp_path / name,
+                                       log_every=0)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        runs.append(result.heldout_l1)
+    assert runs[0] == runs[1]
+    assert not _changed(tmp_path / "a", tmp_path / "b")
