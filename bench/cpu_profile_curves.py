@@ -47,6 +47,7 @@ from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import SFTExample, label_probabilities, pseudo_label_examples, tune_backbone
 from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
+from eliq_pipeline.critic.vision_pretraining import REPORT_FILE as MIM_REPORT_FILE
 from eliq_pipeline.critic.vision_pretraining import MaskedImageModelingConfig, pretrain_vision_tower
 from eliq_pipeline.evaluation.metrics import correlation_report
 from eliq_pipeline.supervision.image_cache import get_image, put_image, stable_hash
@@ -240,17 +241,15 @@ def main() -> None:
     if args.mim_steps:
         mim_cfg = MaskedImageModelingConfig(steps=args.mim_steps, seed=train_seed,
                                             **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.mim)})
-        mim_dir = work / f"mim-{backbone_fingerprint(base).split(':')[-1][:12]}-{stable_hash(asdict(mim_cfg), length=12)}"
+        key = f"{backbone_fingerprint(base).split(':')[-1][:12]}-{stable_hash(asdict(mim_cfg), length=12)}"
+        mim_dir = work / f"mim-{key}"
         if not mim_dir.is_dir():  # the positives of each split, each image once
             train_pos = {r["positive_sha256"]: None for r in train_rows}
             held_pos = list({r["positive_sha256"]: None for r in held_rows})[:64]
-            t1 = time.time()
-            mim = pretrain_vision_tower(base, [load(sha) for sha in train_pos], [load(sha) for sha in held_pos],
-                                        mim_cfg, mim_dir)
-            mim_report = {"config": asdict(mim_cfg), "heldout_l1": mim.heldout_l1,
-                          "heldout_l1_zero": mim.heldout_l1_zero, "seconds": round(time.time() - t1, 1)}
-            print(f"masked image modelling: {json.dumps(mim_report)}", flush=True)
-        mim_report = mim_report or json.loads((mim_dir / "eliq_vision_pretraining.json").read_text())
+            pretrain_vision_tower(base, [load(sha) for sha in train_pos], [load(sha) for sha in held_pos],
+                                  mim_cfg, mim_dir)
+        mim_report = json.loads((mim_dir / MIM_REPORT_FILE).read_text())
+        print(f"masked image modelling: {json.dumps(mim_report)}", flush=True)
         base = str(mim_dir)
     qqt_seeds = [int(seed) for seed in args.qqt_seeds.split(",") if seed]
     own_ali, batch = profile.embed_negative_alignment, profile.embed_batch_size
@@ -307,8 +306,8 @@ def main() -> None:
             line["agiqa_vis_srcc_by_qqt_seed"] = {p["seed"]: round(p["agiqa"]["visual"]["srcc"], 3)
                                                   for p in point["qqt_seeds"]}
         print(f"step {step}: {json.dumps(line)} ({point['seconds']:.0f} s)", flush=True)
-        report = {"args": vars(args), "masked_image_modelling": mim_report, "profile_overrides": profile_overrides, "sft_overrides": overrides,
-                  "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
+        report = {"args": vars(args), "masked_image_modelling": mim_report, "profile_overrides": profile_overrides,
+                  "sft_overrides": overrides, "scorer_overrides": scorer_overrides, "train_tuples": len(train_rows),
                   "heldout_tuples": len(held_rows), "qqt_train_tuples": len(qqt_rows), "points": points,
                   "loss_curve": [round(x, 4) for x in result.loss_curve]}
         if args.out:  # after every point, so a stopped run keeps what it measured

@@ -29,6 +29,7 @@ from eliq_pipeline.core.atomic import staged_dir
 
 TRAINABLE_MODULES = ("patch_embed", "pos_embed", "blocks")  # of model.model.visual
 TARGETS = ("pixels", "patch_embedding")
+REPORT_FILE = "eliq_vision_pretraining.json"  # in the output folder: config, held-out L1, seconds
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class MaskedImageModelingResult:
     # (step, mean masked L1 on the held-out images under one fixed mask); step 0 is the random tower
     heldout_l1: list[tuple[int, float]] = field(default_factory=list)
     heldout_l1_zero: float = float("nan")  # the same L1 of predicting 0 (pixels: the processor's mean pixel)
-    seconds: float = 0.0
+    seconds: float = 0.0  # training, without writing the folder
 
 
 def merge_group_mask(grid_thw: torch.Tensor, merge: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -106,6 +107,7 @@ class _MaskedTower(torch.nn.Module):
         width = config.in_channels * config.patch_size**2 if target == "pixels" else hidden
         self.prediction_head = torch.nn.Linear(hidden, width)
         self._mask: torch.Tensor | None = None
+        self._embedded: torch.Tensor | None = None  # the last masked pass's patch embedding, unmasked
         self._hook = visual.patch_embed.register_forward_hook(self._swap_in_mask_token)
 
     def remove(self) -> None:
@@ -114,23 +116,27 @@ class _MaskedTower(torch.nn.Module):
     def _swap_in_mask_token(self, _module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if self._mask is None:
             return output
+        self._embedded = output.detach()
         return torch.where(self._mask[:, None], self.mask_token.to(output.dtype), output)
 
-    def targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """What each patch's prediction is compared with (unmasked, no gradient)."""
+    def targets(self, pixel_values: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """What each patch's prediction is compared with (unmasked, no gradient); ``embedded``: the
+        patches' embedding when a pass already computed it."""
         if self.target == "pixels":
             return _first_frame(pixel_values, self.visual.config)
-        with torch.no_grad():
-            return self.visual.patch_embed(pixel_values) / self.target_scale
+        if embedded is None:
+            with torch.no_grad():
+                embedded = self.visual.patch_embed(pixel_values)
+        return embedded / self.target_scale
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean L1 between the masked patches' predictions and their targets."""
-        target = self.targets(pixel_values)[mask]
         self._mask = mask
         try:
             hidden = self.visual(pixel_values, grid_thw=grid_thw).last_hidden_state
+            target = self.targets(pixel_values, self._embedded)[mask]  # the pass's own patch embedding
         finally:
-            self._mask = None
+            self._mask, self._embedded = None, None
         return (self.prediction_head(hidden[mask]) - target).abs().mean()
 
 
@@ -221,11 +227,11 @@ def pretrain_vision_tower(
                   f" held-out {result.heldout_l1[-1]} ({time.time() - t0:.0f} s)", flush=True)
     tower.remove()
     model.eval()
+    result.seconds = time.time() - t0
     with staged_dir(output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "eliq_vision_pretraining.json").write_text(
-            json.dumps({"config": asdict(cfg), "heldout_l1": result.heldout_l1,
-                                      "heldout_l1_zero": result.heldout_l1_zero}, indent=2))
-    result.seconds = time.time() - t0
+        (staging / REPORT_FILE).write_text(json.dumps(
+            {"config": asdict(cfg), "heldout_l1": result.heldout_l1, "heldout_l1_zero": result.heldout_l1_zero,
+             "seconds": round(result.seconds, 1)}, indent=2))
     return result

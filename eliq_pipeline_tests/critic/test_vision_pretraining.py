@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from eliq_pipeline.critic.backbone import load_backbone
 from eliq_pipeline.critic.vision_pretraining import (
+    REPORT_FILE,
     MaskedImageModelingConfig,
     _MaskedTower,
     _pixels,
@@ -106,7 +108,7 @@ def test_pretraining_learns_and_changes_only_the_vision_tower(base: Path, tmp_pa
     assert changed and all(name.startswith(("model.visual.patch_embed.", "model.visual.pos_embed.",
                                             "model.visual.blocks.")) for name in changed)
     assert any(name.startswith("model.visual.blocks.") for name in changed)
-    assert (tmp_path / "mim" / "eliq_vision_pretraining.json").is_file()
+    assert json.loads((tmp_path / "mim" / REPORT_FILE).read_text())["heldout_l1"] == [list(p) for p in result.heldout_l1]
 
 
 def test_a_module_left_out_of_trained_modules_stays_as_built(base: Path, tmp_path: Path) -> None:

@@ -92,3 +92,11 @@ def test_an_unknown_patch_filter_bank_is_refused() -> None:
 
     with pytest.raises(ValueError, match="patch_filters must be one of .*'dtc'"):
         TinyBackboneSpec(patch_filters="dtc")
+
+
+def test_every_backbone_name_the_resolver_accepts_has_a_spec_and_back() -> None:
+    """tiny.BACKBONE_ARCHS (importable without torch) and tiny/backbone.py's BACKBONE_SPECS name
+    the same backbones: a spec without a name is unreachable, a name without a spec a KeyError."""
+    from eliq_pipeline.tiny.backbone import BACKBONE_SPECS
+
+    assert sorted(tiny.BACKBONE_ARCHS) == sorted(BACKBONE_SPECS)
