@@ -87,13 +87,16 @@ class AspectEmbedder:
     def load(self) -> tuple[Any, Any]:
         from eliq_pipeline.critic.instruction_tuning import load_tuned_backbone
 
-        adapter_dir = Path(self.adapter_dir)
-        if self.adapter_files is not None:  # unpacked once per worker process
-            adapter_dir = Path(tempfile.mkdtemp(prefix="eliq-adapter-"))
+        if self.adapter_files is None:
+            return load_tuned_backbone(Path(self.adapter_dir), base_override=self.base, device=self._device())
+        # Unpacked once per worker process, and removed once loaded: the model and processor hold
+        # everything in memory, and a folder left per load filled /tmp with one adapter per worker.
+        with tempfile.TemporaryDirectory(prefix="eliq-adapter-") as unpacked:
+            adapter_dir = Path(unpacked)
             for name, data in self.adapter_files.items():
                 (adapter_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (adapter_dir / name).write_bytes(data)
-        return load_tuned_backbone(adapter_dir, base_override=self.base, device=self._device())
+            return load_tuned_backbone(adapter_dir, base_override=self.base, device=self._device())
 
     def __call__(self, model_processor: tuple[Any, Any], items: list[tuple[Any, Image.Image]]) -> list[torch.Tensor]:
         """Items: (request with ``aspect`` and ``prompt``, image); one embedding per item."""

@@ -3,7 +3,9 @@ prompts cut to the backbone's limit."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from eliq_pipeline.critic.backbone import (
     max_image_tokens,
     sequence_limit,
 )
-from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
+from eliq_pipeline.critic.embedding_cache import EmbeddingRequest
+from eliq_pipeline.critic.embeddings import AspectEmbedder, extract_aspect_embeddings
 from eliq_pipeline.tiny.backbone import build_tiny_backbone
 
 
@@ -143,3 +146,23 @@ def test_an_over_long_prompt_is_cut_to_fit_the_backbone(backbone, capfd) -> None
         assert sequence_limit(processor) is None and not fit_prompt(processor, long).truncated
     finally:
         processor.tokenizer.model_max_length = before
+
+
+def test_a_portable_embedder_loads_its_packed_adapter_and_leaves_no_folder(backbone, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker elsewhere unpacks the adapter's bytes to load it; the unpacked copy once stayed in
+    the temp folder after every load (one per worker process and run)."""
+    from eliq_pipeline_tests.critic.test_bundle import make_adapter
+
+    adapter = make_adapter(Path(backbone[0].name_or_path), tmp_path / "adapter")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    local = AspectEmbedder(str(adapter), device="cpu")
+    # the worker cannot see the adapter folder: only the packed bytes can reach it
+    remote = replace(local.portable(), adapter_dir=str(tmp_path / "not-on-this-worker"))
+    items = [(EmbeddingRequest("0" * 64, aspect, "a red bicycle" if aspect == "ali" else None), image)
+             for aspect, image in zip(("tec", "aes", "ali"), _images([(64, 64), (96, 80), (72, 72)]))]
+    z_remote = remote(remote.load(), items)
+    assert list(scratch.iterdir()) == []
+    torch.testing.assert_close(torch.stack(z_remote), torch.stack(local(local.load(), items)), rtol=0, atol=0)
