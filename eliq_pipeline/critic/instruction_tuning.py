@@ -185,6 +185,12 @@ class SFTConfig:
     # is the usual remedy. It is debiased (started at zero, divided by 1 - decay^steps, as Adam's
     # moments are): the random initial weights are no part of it, however short the run.
     ema_decay: float = 0.0
+    # Curriculum (0: none): the first ``curriculum_steps`` steps sample only the strongest graded
+    # negatives' questions and their tuples' I+ questions (``strongest_level_examples``), then the
+    # whole mix. A from-scratch backbone sits at the ln 2 plateau for its first ~1,000 steps on the
+    # mix, and how soon it leaves depends on the seed; the strong copies differ most from their
+    # positives, so they give the largest image-dependent gradient to start from.
+    curriculum_steps: int = 0
     # Questions about the same image in a micro-batch share one vision encode and prefix pass
     # (critic/shared_prefix.py); False runs one row per question. Same loss up to float noise.
     share_image_prefix: bool = True
@@ -199,6 +205,8 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"SFTConfig.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}")
+        if self.curriculum_steps < 0:
+            raise ValueError(f"SFTConfig.curriculum_steps must be >= 0 (0: no curriculum), got {self.curriculum_steps}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SFTConfig":
@@ -239,7 +247,7 @@ class SFTConfig:
             data["module_learning_rates"] = [[name, float(lr)] for name, lr in self.module_learning_rates]
         else:
             data.pop("module_learning_rates")
-        for name in ("severity_ranking_weight", "ema_decay"):
+        for name in ("severity_ranking_weight", "ema_decay", "curriculum_steps"):
             if not data[name]:  # likewise
                 data.pop(name)
         if self.ema_decay:  # a checkpoint's average from the earlier scheme (started at the init) differs
@@ -384,6 +392,22 @@ def example_groups(examples: Sequence[SFTExample], by_series: bool = False) -> l
             key = ("alone", index) if example.group is None else ("group", example.group)
         groups.setdefault(key, []).append(index)
     return list(groups.values())
+
+
+def strongest_level_examples(examples: Sequence[SFTExample]) -> list[int]:
+    """Indices of the examples a curriculum starts on: of each tuple (``group``) and visual
+    aspect, the I+ and negative questions only where that negative is at the strongest graded
+    level present; a milder negative's question and its tuple's I+ question of that aspect are
+    left out together, so each aspect stays balanced between "high" and "low". Alignment and
+    ungraded examples all stay."""
+    graded = [e for e in examples if e.rank is not None and e.rank[1] is not None]
+    if not graded:
+        return list(range(len(examples)))
+    top = max(e.rank[2] for e in graded)
+    milder = {(e.group, e.aspect) for e in graded if e.rank[2] < top and e.group is not None}
+    return [i for i, e in enumerate(examples)
+            if not (e.rank is not None and e.rank[1] is not None and e.rank[2] < top)
+            and (e.group is None or (e.group, e.aspect) not in milder)]
 
 
 def _epoch_order(groups: Sequence[Sequence[int]], seed: int, epoch: int) -> list[int]:
@@ -569,7 +593,12 @@ def _train_steps(
     ema: list[torch.Tensor] | None = None,
 ) -> None:
     """Optimizer steps ``steps``, appending to ``loss_curve`` and checkpointing as configured."""
-    stream = _SampleStream(example_groups(examples, by_series=cfg.severity_ranking_weight > 0), cfg.seed)
+    groups = example_groups(examples, by_series=cfg.severity_ranking_weight > 0)
+    stream = _SampleStream(groups, cfg.seed)
+    if cfg.curriculum_steps:  # its own stream over the strongest level's examples, groups kept together
+        start = set(strongest_level_examples(examples))
+        start_stream = _SampleStream([kept for kept in ([i for i in g if i in start] for g in groups) if kept],
+                                     cfg.seed)
     weights = dict(cfg.aspect_loss_weights)
     total_steps = steps.stop
     ema_update = get_ema_multi_avg_fn(cfg.ema_decay) if ema is not None else None
@@ -581,7 +610,8 @@ def _train_steps(
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
         for micro in range(cfg.grad_accum):
-            indices = stream.take((step * cfg.grad_accum + micro) * cfg.batch_size, cfg.batch_size)
+            source = start_stream if step < cfg.curriculum_steps else stream
+            indices = source.take((step * cfg.grad_accum + micro) * cfg.batch_size, cfg.batch_size)
             batch = [examples[i] for i in indices]
             loss = _label_loss(model, processor, batch, [weights[e.aspect] for e in batch], device,
                                cfg.share_image_prefix, cfg.severity_ranking_weight)

@@ -18,6 +18,7 @@ from eliq_pipeline.critic.instruction_tuning import (
     label_probabilities,
     pseudo_label_examples,
     severity_rank_pairs,
+    strongest_level_examples,
     tune_backbone,
 )
 from eliq_pipeline.critic.backbone import label_token_ids, load_backbone
@@ -205,3 +206,59 @@ def test_qqt_severity_term_orders_graded_negatives_binary_ranking_does_not() -> 
     # the setting is written only when used, so bundles written before it still verify
     assert "severity_ranking_weight" not in ScorerConfig().to_dict()
     assert ScorerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_strongest_level_examples_leave_out_a_milder_negative_with_its_tuples_positive_question() -> None:
+    examples = _examples(_series_tuples(2))  # per positive: tuple (tec 1, aes 2), then (tec 2, aes 1)
+    kept = strongest_level_examples(examples)
+    # tuple questions: tec I+, aes I+, ali high, ali low, tec negative, aes negative
+    per_positive = [1, 2, 3, 5, 6 + 0, 6 + 2, 6 + 3, 6 + 4]
+    assert kept == per_positive + [12 + i for i in per_positive]
+    for aspect in ("tec", "aes", "ali"):  # each aspect still as often "high" as "low"
+        labels = [examples[i].label for i in kept if examples[i].aspect == aspect]
+        assert labels.count("high") == labels.count("low") > 0
+    assert all(examples[i].rank is None or examples[i].rank[2] in (0, 2) for i in kept)
+    # nothing graded (or one level only): every example stays
+    ungraded = pseudo_label_examples(sft_tuples([{k: v for k, v in row.items() if not k.endswith("_severity")}
+                                                 for row in _series_tuples(1)],
+                                                {sha: im for row in _series_tuples(1)
+                                                 for sha, im in row["_images"].items()}.__getitem__))
+    assert strongest_level_examples(ungraded) == list(range(len(ungraded)))
+
+
+def test_a_curriculum_trains_on_the_strongest_level_first_then_on_the_mix_and_resumes(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eliq_pipeline.critic import instruction_tuning
+
+    train = _examples(_series_tuples(3))
+    start = set(strongest_level_examples(train))
+    index_of = {id(e): i for i, e in enumerate(train)}
+    seen: list[list[int]] = []
+    original = instruction_tuning._label_loss
+
+    def recording(model, processor, batch, *args, **kwargs):
+        seen.append([index_of[id(e)] for e in batch])
+        return original(model, processor, batch, *args, **kwargs)
+
+    monkeypatch.setattr(instruction_tuning, "_label_loss", recording)
+    cfg = SFTConfig.tiny(max_steps=6, batch_size=6, checkpoint_every=1, curriculum_steps=3)
+    straight = tune_backbone(str(tiny_dir), train, [], cfg, tmp_path / "straight")
+    assert len(seen) == 6
+    assert all(i in start for batch in seen[:3] for i in batch)
+    assert any(i not in start for batch in seen[3:] for i in batch)  # then the milder negatives too
+    plain = tune_backbone(str(tiny_dir), train, [], SFTConfig.tiny(**{**vars(cfg), "curriculum_steps": 0}),
+                          tmp_path / "plain")
+    assert any(i not in start for batch in seen[6:9] for i in batch)  # without it, from the first step
+    assert plain.loss_curve[:3] != straight.loss_curve[:3]
+
+    # stopped inside the curriculum and resumed: the uninterrupted run's trajectory
+    work = tmp_path / "interrupted"
+    tune_backbone(str(tiny_dir), train, [], SFTConfig.tiny(**{**vars(cfg), "max_steps": 2}), work)
+    resumed = tune_backbone(str(tiny_dir), train, [], cfg, work)
+    assert resumed.resumed_from_step == 2
+    assert np.allclose(resumed.loss_curve, straight.loss_curve, atol=1e-6)
+
+    # part of the trajectory key only when used (earlier checkpoints stay resumable); negative refused
+    assert "curriculum_steps" not in SFTConfig.tiny().run_key() and cfg.run_key()["curriculum_steps"] == 3
+    with pytest.raises(ValueError, match="curriculum_steps must be >= 0"):
+        SFTConfig.tiny(curriculum_steps=-1)
