@@ -45,7 +45,7 @@ from eliq_pipeline.critic.embeddings import extract_aspect_embeddings
 from eliq_pipeline.critic.head.modules import score_embeddings
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.instruction_tuning import SFTExample, label_probabilities, pseudo_label_examples, tune_backbone
-from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
+from eliq_pipeline.critic.head.ranking import cross_content_accuracy, severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.critic.vision_pretraining import REPORT_FILE as MIM_REPORT_FILE
 from eliq_pipeline.critic.vision_pretraining import MaskedImageModelingConfig, pretrain_vision_tower
@@ -273,6 +273,7 @@ def main() -> None:
         point = {"step": step, "loss_mean_last_100": float(np.mean(result.loss_curve[-100:])),
                  "sft_heldout_label_accuracy": result.heldout_accuracy,
                  "qqt_heldout_accuracy": head.heldout_accuracies, "sft_seconds": round(sft_s, 1),
+                 "qqt_cross_content_accuracy": cross_content_accuracy(head.model, held_emb, held_rows),
                  "sft_heldout_tec_accuracy_by_method": tec_accuracy_by_method(model, processor, held_rows, load, batch),
                  "heldout_severity_order": {"sft": result.heldout_severity_order,
                                             "qqt": severity_order(head.model, held_emb, held_rows)}}
@@ -293,7 +294,7 @@ def main() -> None:
         point["seconds"] = round(time.time() - t1, 1)
         points.append(point)
         line = {k: {a: round(v, 3) for a, v in point[k].items()}
-                for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy")}
+                for k in ("sft_heldout_label_accuracy", "qqt_heldout_accuracy", "qqt_cross_content_accuracy")}
         line["severity_order"] = {k: {a: round(v, 3) for a, v in d.items()}
                                   for k, d in point["heldout_severity_order"].items()}
         if point["vis_ali_invariance"] is not None:  # None below three held-out positives

@@ -128,6 +128,10 @@ def test_training_numbers_are_floats(era_metadata):
     # how much s_vis leans on the alignment token (label-free): a Spearman correlation
     invariance = qqt["heldout_vis_ali_invariance"]
     assert isinstance(invariance, dg.FloatMetadataValue) and -1 <= invariance.value <= 1
+    # held-out positives over other prompts' visual negatives (label-free), per visual aspect
+    for aspect in ("tec", "aes"):
+        cross = qqt[f"heldout_cross_content_accuracy_{aspect}"]
+        assert isinstance(cross, dg.FloatMetadataValue) and 0 <= cross.value <= 1
     # the JSON forms stay for tools that read them
     assert isinstance(qqt["heldout_accuracy"], dg.JsonMetadataValue) and "vis_vs_tec" in qqt["heldout_accuracy"].value
     assert qqt["heldout_accuracy_tec"].value == pytest.approx(qqt["heldout_accuracy"].value["vis_vs_tec"], abs=1e-4)

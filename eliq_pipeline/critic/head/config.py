@@ -61,6 +61,12 @@ class ScorerConfig:
     # reads its own. Not in the paper. Where the shuffle only penalises a dependence on z_ali, this
     # removes it: s_vis is a function of z_vis alone (ARCHITECTURE.md, attempt O).
     fixed_visual_alignment: bool = False
+    # Weight of a hinge term ranking each batch row's I+ over the visual negatives of another row
+    # (another image, almost always another prompt), with margin m; 0: none (the paper's head ranks a
+    # positive over its own negatives only). Not in the paper: a score learnt only within a tuple may
+    # carry an offset per content that no tuple penalises, while a benchmark ranks across contents
+    # (ARCHITECTURE.md, attempt V).
+    cross_content_weight: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -82,6 +88,8 @@ class ScorerConfig:
         need(self.lr > 0.0, f"lr must be > 0, got {self.lr}")
         need(self.severity_ranking_weight >= 0.0,
              f"severity_ranking_weight must be >= 0, got {self.severity_ranking_weight}")
+        need(self.cross_content_weight >= 0.0,
+             f"cross_content_weight must be >= 0, got {self.cross_content_weight}")
         need(not (self.shuffle_visual_alignment and self.fixed_visual_alignment),
              "shuffle_visual_alignment and fixed_visual_alignment exclude each other (a fixed token has nothing "
              "to shuffle)")
@@ -112,7 +120,8 @@ class ScorerConfig:
         """JSON-native values (lists, not tuples), so a dict read back from config.json compares equal."""
         data = asdict(self)
         data["aspects"] = list(self.aspects)
-        for key in ("severity_ranking_weight", "shuffle_visual_alignment", "fixed_visual_alignment"):
+        for key in ("severity_ranking_weight", "shuffle_visual_alignment", "fixed_visual_alignment",
+                    "cross_content_weight"):
             if not data[key]:  # absent at its default: bundles written before it still verify
                 del data[key]
         return data

@@ -53,6 +53,16 @@ def total_ranking_loss(
     return l_vis + l_ali, l_vis, l_ali
 
 
+def cross_content_ranking_loss(scores: TupleScores, margin: float, mode: VisualLoss = "pairwise",
+                               aspects: Sequence[str] = ("tec", "aes")) -> Tensor:
+    """Eq. 18 with each row's I+ ranked over the visual negatives of the next row of the batch (a
+    cyclic shift): a positive above the degraded copy of another image, not only of its own. Rows
+    are shuffled tuples, so the other row is almost always another prompt; where it shares the
+    positive the pair is still a clean image over a degraded one."""
+    return visual_ranking_loss(scores.pos_vis, scores.tecneg_vis.roll(1), scores.aesneg_vis.roll(1), margin, mode,
+                               aspects)
+
+
 def severity_ranking_loss(model: ELIQScoringHead, tuples: TupleEmbeddings, pairs: dict[str, Tensor],
                           margin: float) -> Tensor:
     """Mean over the given (mild, strong) tuple-index pairs of every visual aspect of

@@ -221,3 +221,42 @@ def visual_alignment_invariance(model: ELIQScoringHead, tuples: TupleEmbeddings,
     other = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[shuffled])[0]
     value = srcc(own, other)  # NaN when either side is constant
     return None if np.isnan(value) else value
+
+
+def _wins(s_pos: np.ndarray, sorted_neg: np.ndarray) -> np.ndarray:
+    """Per positive, how many of ``sorted_neg`` score below it, a tie counting half."""
+    below = np.searchsorted(sorted_neg, s_pos, side="left")
+    return below + 0.5 * (np.searchsorted(sorted_neg, s_pos, side="right") - below)
+
+
+def cross_content_accuracy(model: ELIQScoringHead, tuples: TupleEmbeddings, rows: Sequence[dict]
+                           ) -> dict[str, float]:
+    """How often a positive scores above the visual negative of another prompt, per visual aspect:
+    s_vis of every distinct positive of ``rows`` (row i = tuple i) against s_vis of every row's
+    ``aspect`` negative whose ``prompt_id`` differs (a tie counts half). Held-out tuple accuracy
+    compares an image with its own degraded copies; this compares across contents, as a benchmark
+    of many images does, and needs no scores from people. Aspects without such a pair are left out.
+    Counted by sorting (all pairs less the same prompt's), so memory stays linear in the rows."""
+    idx = distinct_positive_index(rows).numpy()
+    if len(idx) == 0:
+        return {}
+    prompts = np.array([row["prompt_id"] for row in rows], dtype=object)
+    _, code = np.unique(prompts, return_inverse=True)
+    rows_per_prompt = np.bincount(code)
+    pairs = int((len(rows) - rows_per_prompt[code[idx]]).sum())
+    if pairs == 0:
+        return {}
+    s_pos = score_embeddings(model, tuples.pos_tec[idx], tuples.pos_aes[idx], tuples.pos_ali[idx])[0]
+    earlier_prompts = np.concatenate([[0], np.cumsum(rows_per_prompt)[:-1]])[code[idx]]
+    accuracy: dict[str, float] = {}
+    for aspect in VISUAL_ASPECTS:
+        s_neg = negative_visual_scores(model, tuples, aspect)
+        wins = _wins(s_pos, np.sort(s_neg)).sum()
+        # the same prompt's negatives do not count: on the key (prompt, score rank) a positive's
+        # wins are every negative of an earlier prompt plus its own prompt's below it
+        levels, rank = np.unique(np.concatenate([s_pos, s_neg]), return_inverse=True)
+        pos_key = code[idx] * len(levels) + rank[: len(idx)]
+        neg_key = code * len(levels) + rank[len(idx):]
+        wins -= (_wins(pos_key, np.sort(neg_key)) - earlier_prompts).sum()
+        accuracy[aspect] = float(wins / pairs)
+    return accuracy

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from eliq_pipeline.critic.head.config import ScorerConfig
-from eliq_pipeline.critic.head.losses import severity_ranking_loss, total_ranking_loss
+from eliq_pipeline.critic.head.losses import cross_content_ranking_loss, severity_ranking_loss, total_ranking_loss
 from eliq_pipeline.critic.head.modules import ELIQScoringHead
 from eliq_pipeline.critic.head.ranking import TupleEmbeddings, evaluate_ranking, score_tuples
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS
@@ -67,9 +67,11 @@ def _train_epoch(
         # each visual row's z_ali from a random train tuple: s_vis must rank without leaning on it
         visual_ali = (torch.randint(n, (3, int(index.shape[0])), generator=order_rng)
                       if cfg.shuffle_visual_alignment else None)
-        total, l_vis, l_ali = total_ranking_loss(
-            score_tuples(model, train, index, visual_ali), cfg.margin, cfg.visual_loss, cfg.aspects
-        )
+        scores = score_tuples(model, train, index, visual_ali)
+        total, l_vis, l_ali = total_ranking_loss(scores, cfg.margin, cfg.visual_loss, cfg.aspects)
+        if cfg.cross_content_weight:
+            total = total + cfg.cross_content_weight * cross_content_ranking_loss(
+                scores, cfg.margin, cfg.visual_loss, cfg.aspects)
         if severity_pairs:
             # the pairs whose milder side is in this batch: each pair once per epoch
             in_batch = torch.zeros(n, dtype=torch.bool)
@@ -127,7 +129,8 @@ def train_scoring_head(
 ) -> TrainResult:
     """Train fusion + QQT with L_vis + L_ali (eq. 20) using AdamW.
 
-    With ``cfg.severity_ranking_weight`` > 0, ``severity_pairs`` (per visual aspect, (mild, strong)
+    With ``cfg.cross_content_weight`` > 0 every positive is also ranked over another batch row's
+    visual negatives (``losses.cross_content_ranking_loss``). With ``cfg.severity_ranking_weight`` > 0, ``severity_pairs`` (per visual aspect, (mild, strong)
     indices into ``train``: ``critic.severity.severity_pairs``) add a hinge term ranking the milder
     negative's s_vis above the stronger one's.
 

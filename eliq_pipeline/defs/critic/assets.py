@@ -14,7 +14,7 @@ from eliq_pipeline.critic import data as critic_data
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.embeddings import AspectEmbedder
 from eliq_pipeline.critic.head.checkpoints import save_scoring_head
-from eliq_pipeline.critic.head.ranking import severity_order, visual_alignment_invariance
+from eliq_pipeline.critic.head.ranking import cross_content_accuracy, severity_order, visual_alignment_invariance
 from eliq_pipeline.critic.head.training import train_scoring_head
 from eliq_pipeline.critic.severity import VISUAL_ASPECTS, severity_pairs
 from eliq_pipeline.critic.instruction_tuning import (
@@ -157,7 +157,8 @@ def qqt_model(
     Metadata: `heldout_accuracy_tec|aes|ali` (held-out tuples ranked right at the kept epoch),
     `heldout_severity_order_tec|aes` (graded eras: mild negatives scored above strong ones),
     `heldout_vis_ali_invariance` (s_vis of held-out positives with their own vs shuffled alignment
-    tokens, Spearman: 1 when the visual score ignores z_ali) and `final_loss` as numbers; plots of
+    tokens, Spearman: 1 when the visual score ignores z_ali), `heldout_cross_content_accuracy_tec|aes`
+    (held-out positives scored above other prompts' negatives) and `final_loss` as numbers; plots of
     the losses and held-out accuracies per epoch (dotted line: the kept epoch; dashed: chance)."""
     era = current_era(context, eras)
     store, settings = artifacts.store(), profile.settings()
@@ -182,6 +183,8 @@ def qqt_model(
         era, eras, profile, train_tuples=len(train_rows), heldout_tuples=len(heldout_rows),
         **accuracy_metadata(result.heldout_accuracies),
         **numbers(**{f"heldout_severity_order_{aspect}": value for aspect, value in order.items()}),
+        **numbers(**{f"heldout_cross_content_accuracy_{aspect}": value for aspect, value in
+                     cross_content_accuracy(result.model, heldout, heldout_rows).items()}),
         **numbers(final_loss=result.loss_history[-1] if result.loss_history else None,
                   heldout_vis_ali_invariance=visual_alignment_invariance(result.model, heldout, heldout_rows)),
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,
