@@ -130,9 +130,10 @@ def train_scoring_head(
     """Train fusion + QQT with L_vis + L_ali (eq. 20) using AdamW.
 
     With ``cfg.cross_content_weight`` > 0 every positive is also ranked over another batch row's
-    visual negatives (``losses.cross_content_ranking_loss``). With ``cfg.severity_ranking_weight`` > 0, ``severity_pairs`` (per visual aspect, (mild, strong)
-    indices into ``train``: ``critic.severity.severity_pairs``) add a hinge term ranking the milder
-    negative's s_vis above the stronger one's.
+    visual negatives (``losses.cross_content_ranking_loss``). With ``cfg.severity_ranking_weight`` > 0,
+    ``severity_pairs`` (per visual aspect, (mild, strong) indices into ``train``:
+    ``critic.severity.severity_pairs``) add a hinge term ranking the milder negative's s_vis above the
+    stronger one's.
 
     After every epoch the held-out tuples are scored; the kept model is the epoch with the best
     mean held-out ranking accuracy (ties broken by a held-out loss lower by more than 1e-4), and
