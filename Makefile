@@ -30,12 +30,14 @@ demo: setup $(DAGSTER_HOME)/dagster.yaml
 
 # The `cpu` profile: a critic trained from scratch on real AI images (eras-cpu.yaml), in its own home.
 # ELIQ_SUPAGRUEN names the supagruen-sd15 folder; ELIQ_DATASETS the benchmarks (AGIQA-3K, ...).
+# A relative CPU_HOME works too: Dagster needs DAGSTER_HOME (and the storage it names) absolute.
 CPU_HOME ?= $(CURDIR)/.eliq-cpu
+CPU_HOME_ABS = $(abspath $(CPU_HOME))
 cpu-demo: setup
 	@test -n "$(ELIQ_SUPAGRUEN)" || { echo "set ELIQ_SUPAGRUEN=<folder of supagruen-sd15 (manifest.csv, images/)>" >&2; exit 2; }
-	mkdir -p $(CPU_HOME)/dagster
-	sed 's#base_dir: .eliq/dagster/storage#base_dir: $(CPU_HOME)/dagster/storage#' dagster.yaml > $(CPU_HOME)/dagster/dagster.yaml
-	ELIQ_HOME=$(CPU_HOME) DAGSTER_HOME=$(CPU_HOME)/dagster ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml \
+	mkdir -p $(CPU_HOME_ABS)/dagster
+	sed 's#base_dir: .eliq/dagster/storage#base_dir: $(CPU_HOME_ABS)/dagster/storage#' dagster.yaml > $(CPU_HOME_ABS)/dagster/dagster.yaml
+	ELIQ_HOME=$(CPU_HOME_ABS) DAGSTER_HOME=$(CPU_HOME_ABS)/dagster ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml \
 	  ELIQ_SUPAGRUEN=$(abspath $(ELIQ_SUPAGRUEN)) $(BIN)/eliq materialize
 
 # The fast default: every test but those marked slow (real-data training, every README command).

@@ -1,9 +1,14 @@
 """The instance config, workspace and shipped profiles say what the README says."""
 
 import importlib
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 from eliq_pipeline.definitions import ELIQ_ASSETS
@@ -53,12 +58,6 @@ def test_profile_resource_applies_overrides_and_a_local_backbone(tmp_path):
 
 def test_dg_check_defs_loads_the_project():
     """`dg check defs` (Dagster's project CLI, `[tool.dg]` in pyproject.toml) loads the code location."""
-    import shutil
-    import subprocess
-    import sys
-
-    import pytest
-
     dg_cli = Path(sys.executable).with_name("dg")
     if not dg_cli.exists():
         dg_cli = shutil.which("dg")
@@ -79,6 +78,24 @@ def _make_recipe(target: str) -> str:
             break
         recipe.append(line.strip())
     return "\n".join(recipe)
+
+
+def test_cpu_demo_gives_dagster_absolute_paths_for_a_relative_home():
+    """A relative CPU_HOME (README: `CPU_HOME=...` moves the run) once reached Dagster as a relative
+    DAGSTER_HOME, which it refuses; the recipe now makes every path it writes or exports absolute."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(["make", "-n", "cpu-demo", "CPU_HOME=rel-home", "ELIQ_SUPAGRUEN=some/folder"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    home = str(ROOT / "rel-home")
+    commands = result.stdout[result.stdout.index("mkdir -p"):]  # after the ELIQ_SUPAGRUEN check's message
+    for key in ("ELIQ_HOME", "DAGSTER_HOME", "ELIQ_SUPAGRUEN"):
+        value = re.search(rf"\b{key}=(\S+)", commands).group(1)
+        assert Path(value).is_absolute(), (key, value)
+    assert f"DAGSTER_HOME={home}/dagster " in result.stdout
+    assert f"base_dir: {home}/dagster/storage#" in result.stdout
+    assert not (ROOT / "rel-home").exists()  # a dry run creates nothing
 
 
 def test_ci_runs_the_fast_default_and_every_slow_test():
