@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shlex
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +19,31 @@ from eliq_pipeline.score_cli import register as register_scoring
 def default_eras_path() -> Path:
     """The era registry file: $ELIQ_ERAS, else eras.yaml in the working directory."""
     return Path(os.environ.get("ELIQ_ERAS", "eras.yaml"))
+
+
+# ELIQ_* settings that name files or folders: written absolute, so the line works from the repo root.
+_PATH_SETTINGS = ("ELIQ_HOME", "ELIQ_ERAS", "ELIQ_DATASETS", "ELIQ_PROMPTS_FILE", "ELIQ_NIQE_PARAMS", "ELIQ_SUPAGRUEN")
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+
+
+def ui_command(env: Mapping[str, str] | None = None) -> str:
+    """The `make ui` line that opens the Dagster UI on this run's instance with its settings: every
+    ELIQ_* variable of ``env`` (the code location reads them; `make cpu-demo` sets its own home, profile
+    and era file), ELIQ_HOME left out at its default. Secrets are named, never printed."""
+    env = os.environ if env is None else env
+    settings, secrets = [], []
+    for name in sorted(key for key in env if key.startswith("ELIQ_")):
+        value = env[name]
+        if any(word in name for word in _SECRET_WORDS):
+            secrets.append(name)
+            continue
+        if name in _PATH_SETTINGS:
+            value = str(Path(value).resolve())
+            if name == "ELIQ_HOME" and value == str(Path(".eliq").resolve()):
+                continue
+        settings.append(f"{name}={shlex.quote(value)}")
+    line = " ".join([*settings, "make ui"])
+    return line + (f"   # with {', '.join(secrets)} set as for this run" if secrets else "")
 
 
 def _eras_list(args: argparse.Namespace) -> int:
@@ -129,7 +156,7 @@ def _materialize(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     home = eliq_home()
     print(f"\nResults under {home}: artifacts in {home / 'artifacts'}, scores in {home / 'warehouse.duckdb'}")
-    print("Browse runs, lineage and metadata with: make ui\n")
+    print(f"Browse runs, lineage and metadata with: {ui_command()}\n")
     _print_report(None, "markdown", sys.stdout)
     return 0 if all(run.status != "failed" for run in runs) else 1
 

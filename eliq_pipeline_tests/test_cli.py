@@ -1,10 +1,18 @@
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
-from eliq_pipeline.cli import main
+from eliq_pipeline.cli import main, ui_command
 from eliq_pipeline.core.eras import ErasFileError
 from eliq_pipeline.runner import materialize_eras
 from eliq_pipeline_tests.pipeline_helpers import pipeline_env, write_eras
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_eras_list_and_add(tmp_path, capsys, monkeypatch):
@@ -74,3 +82,36 @@ def test_eras_list_shows_what_the_instance_knows_of_each_era(tmp_path, capsys, m
     assert f"failure (run {failed.run_id[:8]}), 3/8 assets" in lines["era-c"]
     assert lines["era-d"].endswith(f"running (run {running.run_id[:8]}), 0/8 assets")
     assert lines["era-e"].endswith("not registered")
+
+
+def test_ui_command_names_the_runs_home_and_settings_and_no_secret(tmp_path, monkeypatch):
+    # `eliq materialize` ends with the line that browses its runs; after `make cpu-demo` a bare
+    # `make ui` opened the default home with the tiny profile instead.
+    monkeypatch.chdir(tmp_path)
+    assert ui_command({}) == "make ui"
+    assert ui_command({"ELIQ_HOME": ".eliq", "PATH": "/bin"}) == "make ui"  # the default home, other variables
+    line = ui_command({"ELIQ_HOME": "cpu home", "ELIQ_PROFILE": "cpu", "ELIQ_ERAS": "eras-cpu.yaml",
+                       "ELIQ_PROFILE_OVERRIDES": '{"sft": {"max_steps": 5}}', "ELIQ_LLM_API_KEY": "s3cret"})
+    assert "s3cret" not in line and line.endswith("# with ELIQ_LLM_API_KEY set as for this run")
+    words = shlex.split(line.split("#")[0])
+    assert words[-2:] == ["make", "ui"]
+    assert dict(word.split("=", 1) for word in words[:-2]) == {
+        "ELIQ_ERAS": str(tmp_path / "eras-cpu.yaml"), "ELIQ_HOME": str(tmp_path / "cpu home"),
+        "ELIQ_PROFILE": "cpu", "ELIQ_PROFILE_OVERRIDES": '{"sft": {"max_steps": 5}}'}
+
+
+def test_the_ui_command_opens_the_runs_instance(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {"ELIQ_HOME": str(tmp_path / "home"), "ELIQ_PROFILE": "cpu", "ELIQ_ERAS": str(ROOT / "eras-cpu.yaml"),
+           "ELIQ_SUPAGRUEN": str(tmp_path / "renders")}
+    line = ui_command(env)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ELIQ_") and k != "DAGSTER_HOME"}
+    result = subprocess.run(["bash", "-c", f"{line} -n"], cwd=ROOT, env=clean, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    recipe = result.stdout
+    for key in ("ELIQ_HOME", "ELIQ_ERAS", "ELIQ_SUPAGRUEN"):
+        assert f"{key}={env[key]} " in recipe, key
+    assert f"DAGSTER_HOME={tmp_path / 'home'}/dagster " in recipe
+    assert not (tmp_path / "home").exists()  # a dry run creates nothing
