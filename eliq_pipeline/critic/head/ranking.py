@@ -235,8 +235,8 @@ def cross_content_accuracy(model: ELIQScoringHead, tuples: TupleEmbeddings, rows
     s_vis of every distinct positive of ``rows`` (row i = tuple i) against s_vis of every row's
     ``aspect`` negative whose ``prompt_id`` differs (a tie counts half). Held-out tuple accuracy
     compares an image with its own degraded copies; this compares across contents, as a benchmark
-    of many images does, and needs no scores from people. Aspects without such a pair are left out.
-    Counted by sorting (all pairs less the same prompt's), so memory stays linear in the rows."""
+    of many images does, and needs no scores from people. Empty when no positive has another prompt's
+    negative to meet. Counted by sorting (all pairs less the same prompt's), so memory stays linear in the rows."""
     idx = distinct_positive_index(rows).numpy()
     if len(idx) == 0:
         return {}
