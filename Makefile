@@ -30,15 +30,12 @@ demo: setup $(DAGSTER_HOME)/dagster.yaml
 
 # The `cpu` profile: a critic trained from scratch on real AI images (eras-cpu.yaml), in its own home.
 # ELIQ_SUPAGRUEN names the supagruen-sd15 folder; ELIQ_DATASETS the benchmarks (AGIQA-3K, ...).
-# A relative CPU_HOME works too: Dagster needs DAGSTER_HOME (and the storage it names) absolute.
+# It is `make demo` in that home, so the instance is set up by the one rule above (absolute paths).
 CPU_HOME ?= $(CURDIR)/.eliq-cpu
-CPU_HOME_ABS = $(abspath $(CPU_HOME))
-cpu-demo: setup
+cpu-demo:
 	@test -n "$(ELIQ_SUPAGRUEN)" || { echo "set ELIQ_SUPAGRUEN=<folder of supagruen-sd15 (manifest.csv, images/)>" >&2; exit 2; }
-	mkdir -p $(CPU_HOME_ABS)/dagster
-	sed 's#base_dir: .eliq/dagster/storage#base_dir: $(CPU_HOME_ABS)/dagster/storage#' dagster.yaml > $(CPU_HOME_ABS)/dagster/dagster.yaml
-	ELIQ_HOME=$(CPU_HOME_ABS) DAGSTER_HOME=$(CPU_HOME_ABS)/dagster ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml \
-	  ELIQ_SUPAGRUEN=$(abspath $(ELIQ_SUPAGRUEN)) $(BIN)/eliq materialize
+	ELIQ_PROFILE=cpu ELIQ_ERAS=eras-cpu.yaml ELIQ_SUPAGRUEN=$(abspath $(ELIQ_SUPAGRUEN)) \
+	  $(MAKE) --no-print-directory demo ELIQ_HOME=$(abspath $(CPU_HOME))
 
 # The fast default: every test but those marked slow (real-data training, every README command).
 test: setup
