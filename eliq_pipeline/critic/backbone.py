@@ -142,6 +142,38 @@ def load_processor(
     return processor
 
 
+@dataclass(frozen=True)
+class ProcessorResize:
+    """The size a Qwen-VL image processor gives an image: sides multiples of patch x merge, pixel
+    count within [min_pixels, max_pixels], aspect ratio kept (transformers' ``smart_resize``).
+
+    The critic never sees an image at its own size unless it already fits; a classic metric read
+    at this size sees the same pixels the critic does (the processor resamples bicubically)."""
+
+    factor: int
+    min_pixels: int
+    max_pixels: int
+
+    @classmethod
+    def of(cls, image_processor: Any) -> ProcessorResize:
+        size = image_processor.size
+        return cls(int(image_processor.patch_size * image_processor.merge_size),
+                   int(size["shortest_edge"]), int(size["longest_edge"]))
+
+    @property
+    def key(self) -> str:
+        """The rule as a short, path-safe name (cache keys)."""
+        return f"{self.factor}-{self.min_pixels}-{self.max_pixels}"
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of an image of (width, height) pixels once processed."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # no torchvision needed
+
+        new_height, new_width = smart_resize(height, width, factor=self.factor,
+                                             min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return int(new_width), int(new_height)
+
+
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on CUDA (the 8B model's native precision), float32 on CPU (bf16 matmuls are slow there)."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32

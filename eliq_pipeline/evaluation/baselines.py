@@ -57,7 +57,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from dataclasses import dataclass
@@ -68,6 +68,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage, special
 
+from eliq_pipeline.core.images import to_rgb
 from eliq_pipeline.core.registry import Registry
 
 ImageInput = Image.Image | np.ndarray | str | os.PathLike[str]
@@ -480,6 +481,25 @@ def make_piqe() -> Scorer:
 def make_baseline(name: str, **options: object) -> Scorer:
     """The scorer of a registered baseline (higher = better), e.g. make_baseline("niqe", model=path)."""
     return BASELINES.get(name)(**options)
+
+
+def _score_resized(image: str | os.PathLike[str] | Image.Image, scorer: Scorer,
+                   sizes: dict[tuple[int, int], tuple[int, int]]) -> float:
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            return _score_resized(to_rgb(opened), scorer, sizes)  # as the critic reads it
+    if image.size not in sizes:
+        raise KeyError(f"no size to score an image of {image.size[0]}x{image.size[1]} pixels at; "
+                       f"sizes are known for {sorted(sizes)}")
+    size = sizes[image.size]
+    return scorer(image if size == image.size else image.resize(size, Image.BICUBIC))
+
+
+def resized_scorer(scorer: Scorer, sizes: Mapping[tuple[int, int], tuple[int, int]]) -> Scorer:
+    """`scorer` read on each image after a bicubic resize to sizes[(width, height)]: e.g. the
+    size a critic's processor gives the image, so that a classic metric sees the pixels it sees.
+    The sizes are worked out once by the caller, so worker processes need no model code."""
+    return functools.partial(_score_resized, scorer=scorer, sizes=dict(sizes))
 
 
 def _score_one(scorer: Scorer, path: str) -> float:

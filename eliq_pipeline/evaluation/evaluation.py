@@ -9,7 +9,7 @@ import pyarrow as pa
 from PIL import Image
 
 from eliq_pipeline.evaluation.benchmark_inputs import item_requests
-from eliq_pipeline.evaluation.baselines import NIQE_BLOCK, NIQEModel, fit_niqe_model, score_paths
+from eliq_pipeline.evaluation.baselines import NIQE_BLOCK, NIQEModel, Scorer, fit_niqe_model, resized_scorer, score_paths
 from eliq_pipeline.evaluation.benchmarks import Benchmark
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.core.images import sha256_bytes
@@ -45,6 +45,37 @@ def benchmark_rows(benchmark: Benchmark, s_vis: np.ndarray, s_ali: np.ndarray, n
 
 BASELINE_NAMES = {"niqe": "NIQE (fitted on era positives)", "niqe-standard": "NIQE (standard parameters)",
                   "piqe": "PIQE"}
+# A baseline read on each image resized as the critic's processor resizes it: a classic metric that
+# reads a 512 px image while the critic sees 256 px has seen four times the pixels.
+AT_CRITIC_INPUT = "-at-critic-input"
+
+
+def baseline_label(baseline: str, toy: bool = False) -> str:
+    """How reports name a baseline ('niqe', 'piqe-at-critic-input', ...)."""
+    name = baseline.removesuffix(AT_CRITIC_INPUT)
+    label = ("NIQE fitted on this era's toy positives" if toy and name == "niqe"
+             else BASELINE_NAMES.get(name, name.upper()))
+    return f"{label}, at the critic's input size" if baseline.endswith(AT_CRITIC_INPUT) else label
+
+
+def critic_input_sizes(benchmark: Benchmark, input_size: Callable[[int, int], tuple[int, int]]
+                       ) -> dict[tuple[int, int], tuple[int, int]]:
+    """(width, height) -> the critic's input size, for each image size in the benchmark; {} when
+    the critic sees every image at its own size (its baselines then need no second reading)."""
+    sizes: dict[tuple[int, int], tuple[int, int]] = {}
+    for item in benchmark.items:
+        with Image.open(item.image_path) as image:  # reads the header only
+            if image.size not in sizes:
+                sizes[image.size] = input_size(*image.size)
+    return {} if all(source == target for source, target in sizes.items()) else sizes
+
+
+def at_critic_input(baselines: dict[str, tuple[str, Scorer]], sizes: dict[tuple[int, int], tuple[int, int]],
+                    resize_key: str) -> dict[str, tuple[str, Scorer]]:
+    """Each baseline (name -> (cache key, scorer)) again, read at the critic's input sizes; none
+    when `sizes` is empty. `resize_key` names the resize rule in the cache key."""
+    return {name + AT_CRITIC_INPUT: (f"{key}-{resize_key}", resized_scorer(scorer, sizes))
+            for name, (key, scorer) in baselines.items()} if sizes else {}
 
 
 def baseline_rows(benchmark: Benchmark, name: str, scores: np.ndarray, n_boot: int = 1000) -> list[dict[str, Any]]:
@@ -60,7 +91,7 @@ def baseline_rows(benchmark: Benchmark, name: str, scores: np.ndarray, n_boot: i
 def method_of(protocol: str) -> str:
     """Which critic a score row belongs to: ours, or the baseline named in the protocol."""
     _, _, baseline = protocol.partition("/")
-    return BASELINE_NAMES.get(baseline, baseline.upper()) if baseline else "ELIQ (ours)"
+    return baseline_label(baseline) if baseline else "ELIQ (ours)"
 
 
 HELDOUT_BENCHMARK = "heldout-tuples"  # the benchmark name of held-out tuple accuracy rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eliq_pipeline.evaluation.evaluation import BASELINE_NAMES, HELDOUT_BENCHMARK
+from eliq_pipeline.evaluation.evaluation import HELDOUT_BENCHMARK, baseline_label
 
 COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"))
 CHANCE = 0.5  # each held-out comparison picks one of two images (or prompts)
@@ -32,9 +32,7 @@ def method_label(protocol: str, profile: str | None = None) -> str:
     kind, _, baseline = protocol.partition("/")
     if not baseline:
         return f"ELIQ, {kind}"
-    if baseline == "niqe" and profile in TOY_PROFILES:
-        return "NIQE fitted on this era's toy positives"
-    return BASELINE_NAMES.get(baseline, baseline.upper())
+    return baseline_label(baseline, toy=profile in TOY_PROFILES)
 
 
 def _cell(value: float, low: float | None = None, high: float | None = None, sd: float | None = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 from eliq_pipeline.critic.backbone import (
     ASPECTS,
     LABELS,
+    ProcessorResize,
     backbone_fingerprint,
     build_inputs,
     instruction_messages,
@@ -19,6 +21,7 @@ from eliq_pipeline.critic.backbone import (
     load_backbone,
     load_processor,
 )
+from eliq_pipeline.evaluation.baselines import resized_scorer
 from eliq_pipeline.tiny.backbone import TinyBackboneSpec, build_tiny_backbone
 
 
@@ -169,3 +172,32 @@ def test_loader_rejects_other_model_types(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="gpt2"):
         load_backbone(str(tmp_path))
+
+
+def _processed_pixels(processor, image: Image.Image) -> np.ndarray:
+    """The RGB pixels (0-1) the processor hands the vision tower, unpatched and unnormalised."""
+    image_processor = processor.image_processor
+    out = image_processor(images=[image], return_tensors="pt")
+    _, grid_h, grid_w = out["image_grid_thw"][0].tolist()
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    patches = out["pixel_values"].reshape(grid_h // merge, grid_w // merge, merge, merge, 3,
+                                          image_processor.temporal_patch_size, patch, patch)[:, :, :, :, :, 0]
+    pixels = patches.permute(0, 2, 5, 1, 3, 6, 4).reshape(grid_h * patch, grid_w * patch, 3).numpy()
+    return pixels * np.array(image_processor.image_std) + np.array(image_processor.image_mean)
+
+
+@pytest.mark.parametrize("size", [(512, 512), (700, 300), (1024, 512), (40, 50), (96, 96)])
+def test_processor_resize_is_the_size_and_pixels_the_critic_sees(loaded, size: tuple[int, int]) -> None:
+    """A baseline read 'at the critic's input size' must see exactly what the vision tower sees:
+    the size rule against the processor's grid, and resized_scorer's pixels against its pixels."""
+    _, processor = loaded
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    expected = _processed_pixels(processor, image)
+    rule = ProcessorResize.of(processor.image_processor)
+    assert rule.size(*size) == (expected.shape[1], expected.shape[0])
+    seen: list[np.ndarray] = []
+    scorer = resized_scorer(lambda im: seen.append(np.asarray(im, dtype=np.float64) / 255) or 0.0,
+                            {size: rule.size(*size)})
+    scorer(image)
+    assert np.abs(seen[0] - expected).max() < 1e-5

@@ -59,3 +59,16 @@ def test_toy_profile_caveat_toy_niqe_label_and_dropped_images_named():
     note = "NIQE fitted on this era's toy positives is undefined on 3 of 2,982 images (left out): AttnGAN_normal_001.jpg, b.jpg, c.jpg"
     assert lines.count(note) == 1  # era-a only
     assert report_markdown([], profile="tiny") == "no scores yet"
+
+
+def test_baselines_read_at_the_critic_input_size_follow_their_native_row():
+    rows = _rows()
+    for metric in ("srcc", "plcc", "krcc"):
+        rows.append(_row("era-a", "agiqa-3k", "label-free/niqe-at-critic-input", "visual", metric, 0.489, 2977, 0.46, 0.51))
+        rows.append(_row("era-a", "agiqa-3k", "label-free/piqe-at-critic-input", "visual", metric, 0.227, 2982, 0.19, 0.26))
+    methods = [line.split(" | ")[0] for line in report_markdown(rows, profile="cpu").splitlines()
+               if line.startswith("| ") and " | visual | " in line and "ELIQ" not in line]
+    assert methods == ["| NIQE (fitted on era positives)", "| NIQE (fitted on era positives), at the critic's input size",
+                       "| PIQE", "| PIQE, at the critic's input size"]
+    toy = report_markdown(rows, profile="tiny")
+    assert "| NIQE fitted on this era's toy positives, at the critic's input size | visual | 0.489 [0.460, 0.510] |" in toy

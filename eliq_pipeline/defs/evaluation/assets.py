@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from eliq_pipeline.core.images import sha256_file
 from eliq_pipeline.critic import data as critic_data
+from eliq_pipeline.critic.backbone import ProcessorResize, load_processor
 from eliq_pipeline.critic.embedding_cache import EmbeddingCache
 from eliq_pipeline.critic.head.checkpoints import load_scoring_head
 from eliq_pipeline.critic.head.ranking import ranking_accuracies
@@ -23,22 +24,23 @@ from eliq_pipeline.defs.resources.io_manager import era_key
 from eliq_pipeline.evaluation.baselines import make_baseline
 from eliq_pipeline.evaluation.benchmark_inputs import load_present_benchmarks
 from eliq_pipeline.evaluation.evaluation import (
-    baseline_rows, benchmark_rows, bundle_hash, cached_baseline_scores, heldout_rows, method_of,
-    niqe_model_for, score_benchmark,
+    at_critic_input, baseline_rows, benchmark_rows, bundle_hash, cached_baseline_scores, critic_input_sizes,
+    heldout_rows, method_of, niqe_model_for, score_benchmark,
 )
 from eliq_pipeline.evaluation.plots import accuracy_bars_png, scatter_png
 from eliq_pipeline.evaluation.report import TOY_CAVEAT, TOY_PROFILES, report_markdown
 from eliq_pipeline.supervision.image_cache import get_image, stable_hash
 
-@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="bench-4",
+@dg.asset(partitions_def=ERA_PARTITIONS, group_name=LINEAGE_GROUP, code_version="bench-5",
           kinds={"duckdb", "matplotlib"})
 def benchmark_scores(
-    context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, qqt_model: Path,
-    eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
+    context: dg.AssetExecutionContext, positive_images: pa.Table, comparison_tuples: pa.Table, tuned_mllm: Path,
+    qqt_model: Path, eras: EraRegistryResource, profile: ModelProfileResource, artifacts: ArtifactStoreResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Held-out tuple ranking accuracy, and on every benchmark found: label-free and weak-supervised
-    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1); rows go to the warehouse
+    SRCC / PLCC / KRCC of the critic next to NIQE and PIQE (4.1), these also read at the critic's
+    input size where its processor resizes the benchmark's images; rows go to the warehouse
     (`scores` table of $ELIQ_HOME/warehouse.duckdb, `eliq report`).
 
     Metadata: `heldout_accuracy_tec|aes|ali` and, per benchmark, `srcc|plcc|krcc_<vis|ali>_<benchmark>`
@@ -66,11 +68,13 @@ def benchmark_scores(
         baselines = {name: (stable_hash(model.mu.tolist(), model.cov.tolist(), length=12),
                             make_baseline("niqe", model=model)) for name, model in niqe_models.items()}
         baselines["piqe"] = ("v1", make_baseline("piqe"))
+        resize = ProcessorResize.of(load_processor(str(tuned_mllm)).image_processor)
     for benchmark in present:
         shas = [sha256_file(item.image_path) for item in benchmark.items]
         s_vis, s_ali = score_benchmark(head, cache, benchmark, shas)
         rows += benchmark_rows(benchmark, s_vis, s_ali)
-        for name, (model_key, scorer) in baselines.items():
+        at_input = at_critic_input(baselines, critic_input_sizes(benchmark, resize.size), resize.key)
+        for name, (model_key, scorer) in {**baselines, **at_input}.items():
             scores = cached_baseline_scores(store, name, model_key, benchmark, shas, scorer,
                                             progress(context, f"{name} on {benchmark.name}"))
             rows += baseline_rows(benchmark, name, scores)
