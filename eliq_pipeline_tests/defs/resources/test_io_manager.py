@@ -17,7 +17,8 @@ def test_every_asset_after_prompts_takes_its_upstream_values_as_inputs():
     assert inputs["prompts"] == set()
     assert inputs["negative_images"] == {"prompts", "positive_images"}
     assert inputs["aspect_embeddings"] == {"comparison_tuples", "tuned_mllm"}
-    assert inputs["benchmark_scores"] == {"positive_images", "comparison_tuples", "qqt_model"}
+    # tuned_mllm: its processor says at what size the critic sees a benchmark (the baselines are read there too)
+    assert inputs["benchmark_scores"] == {"positive_images", "comparison_tuples", "tuned_mllm", "qqt_model"}
     assert all(not a.op.ins or a.keys_by_input_name for a in ELIQ_ASSETS)
 
 
