@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
 from eliq_pipeline.core.atomic import write_text
 from eliq_pipeline.critic.head.modules import score_embeddings
-from eliq_pipeline.critic.head.ranking import cross_content_accuracy, distinct_positive_index
+from eliq_pipeline.critic.head.ranking import cross_content_accuracy, distinct_positive_index, negative_visual_scores
+from eliq_pipeline.critic.severity import VISUAL_ASPECTS
 from eliq_pipeline.evaluation.metrics import correlation_report
 
 SHRINK = 0.1  # fixed before any run: no setting here is chosen on a figure
@@ -56,17 +56,14 @@ def held_out_figures(saved: dict, agiqa: bool) -> dict:
     idx = distinct_positive_index(saved["train_rows"])
     model = OneClassVisual(torch.cat([train.pos_tec[idx], train.pos_aes[idx]], -1))
 
-    def s_vis(z_tec: torch.Tensor, z_aes: torch.Tensor) -> np.ndarray:
-        return score_embeddings(model, z_tec, z_aes, z_aes)[0]  # z_ali is not read
-
-    positive = s_vis(held.pos_tec, held.pos_aes)
+    positive = score_embeddings(model, held.pos_tec, held.pos_aes, held.pos_ali)[0]
     figures = {"train_positives": len(idx),
-               "vis_vs_tec": float((positive > s_vis(held.tecneg_tec, held.tecneg_aes)).mean()),
-               "vis_vs_aes": float((positive > s_vis(held.aesneg_tec, held.aesneg_aes)).mean()),
+               **{f"vis_vs_{aspect}": float((positive > negative_visual_scores(model, held, aspect)).mean())
+                  for aspect in VISUAL_ASPECTS},
                "cross_content": cross_content_accuracy(model, held, rows)}
     if agiqa:
         z = saved["agiqa_z"]
-        figures["agiqa_visual"] = correlation_report(s_vis(z[:, 0], z[:, 1]),
+        figures["agiqa_visual"] = correlation_report(score_embeddings(model, z[:, 0], z[:, 1], z[:, 2])[0],
                                                      [float(m["mos_quality"]) for m in saved["agiqa_meta"]])
     return figures
 

@@ -30,6 +30,8 @@ def ui_command(env: Mapping[str, str] | None = None) -> str:
     """The `make ui` line that opens the Dagster UI on this run's instance with its settings: every
     ELIQ_* variable of ``env`` (the code location reads them; `make cpu-demo` sets its own home, profile
     and era file), ELIQ_HOME left out at its default. Secrets are named, never printed."""
+    from eliq_pipeline.definitions import eliq_home
+
     env = os.environ if env is None else env
     settings, secrets = [], []
     for name in sorted(key for key in env if key.startswith("ELIQ_")):
@@ -39,7 +41,7 @@ def ui_command(env: Mapping[str, str] | None = None) -> str:
             continue
         if name in _PATH_SETTINGS:
             value = str(Path(value).resolve())
-            if name == "ELIQ_HOME" and value == str(Path(".eliq").resolve()):
+            if name == "ELIQ_HOME" and value == str(eliq_home({})):  # the default home
                 continue
         settings.append(f"{name}={shlex.quote(value)}")
     line = " ".join([*settings, "make ui"])
